@@ -1,0 +1,30 @@
+# Two commands for a fresh machine (see README.md):
+#   make run    set up .venv if needed, then run the whole default pipeline
+#   make test   set up .venv if needed, then run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# Rules call `python -m mdgen.<stage>`: the venv's python must come first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test setup clean
+
+run: $(VENV)/.installed
+	$(BIN)/snakemake --cores all
+
+test: $(VENV)/.installed
+	$(BIN)/pytest
+
+setup: $(VENV)/.installed
+
+# Reinstalled when pyproject.toml changes. torch and torchvision go first, pinned to the tested
+# releases, so that no other requirement resolves a different torch.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf results resources .snakemake

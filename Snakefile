@@ -1,0 +1,20 @@
+# mdgen: person-conditional generation of micro-Doppler spectrograms.
+# raw spectrograms → validated data set → VA-VAE → latents → LightningDiT → samples.
+# Run: snakemake --cores all   (see README.md)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.validate_dataset.output,

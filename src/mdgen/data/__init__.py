@@ -1,0 +1,1 @@
+"""Data: the simulator, data set validation, image loading and data sets."""

@@ -1,0 +1,62 @@
+"""The spectrograms of the validated manifest, as models see them."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mdgen.data.images import load_spectrogram
+from mdgen.data.validation import read_manifest
+
+
+def class_label(user_id: str) -> int:
+    """'user_07' -> 7: the class index is the user's folder number."""
+    return int(user_id.removeprefix("user_"))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """A uint8 'L' or 'RGB' image as a float tensor C×H×W in [-1, 1]."""
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[..., None]
+    return torch.from_numpy(array.transpose(2, 0, 1) / 127.5 - 1.0)
+
+
+class MicroDopplerDataset(Dataset):
+    """Spectrograms of one split of the manifest, resized to `size` × `size` with LANCZOS.
+
+    No crop and no augmentation: the axes are time and Doppler, so a crop loses signal, a
+    horizontal flip reverses time and a vertical flip negates velocity.
+
+    Items are dicts: `image` (C×H×W float in [-1, 1]), `class_label` (int), `user_id` ('user_07')
+    and `path`. Relative manifest paths are resolved against `base_dir` (default: the working
+    directory, where Snakemake runs).
+    """
+
+    def __init__(self, manifest: str | os.PathLike, split: str, size: int, channels: int, base_dir=None):
+        self.rows = read_manifest(manifest, split)
+        if not self.rows:
+            raise ValueError(f"{manifest} lists no images for split {split!r}: expected 'train' or 'val' rows")
+        self.size = size
+        self.channels = channels
+        self.base_dir = base_dir
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        path = os.path.join(self.base_dir, row["path"]) if self.base_dir else row["path"]
+        image = load_spectrogram(path, self.channels)
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.LANCZOS)
+        return {
+            "image": to_tensor(image),
+            "class_label": class_label(row["user_id"]),
+            "user_id": row["user_id"],
+            "path": row["path"],
+        }

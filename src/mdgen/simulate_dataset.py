@@ -1,0 +1,144 @@
+"""Stage `simulate_dataset`: write the built-in data set of simulated walkers.
+
+    python -m mdgen.simulate_dataset --out resources/synthetic --num-users 31 --size 128
+
+Output: `<out>/{train,val}/user_NN/rec_NNN.png` and `<out>/users.json` (every user's and every
+recording's parameters). Deterministic for a given seed: each user and each recording draws
+from its own seed sequence, so the set does not depend on the number of workers, and asking
+for more recordings per user keeps the existing ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from mdgen.data import simulator as sim
+
+SPLITS = ("train", "val")
+MARKER = "users.json"
+
+
+def simulate_user(user_index: int, args: argparse.Namespace, out: Path) -> dict:
+    """Draw one user's parameters, write all of their recordings, return what was drawn."""
+    radar = radar_from_args(args)
+    user = sim.draw_user(np.random.default_rng([args.seed, user_index]))
+    user_id = f"user_{user_index:02d}"
+    recordings = {}
+    for split_index, (split, count) in enumerate(zip(SPLITS, (args.train_per_user, args.val_per_user))):
+        folder = out / split / user_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            rng = np.random.default_rng([args.seed, user_index, split_index, i])
+            recording = sim.draw_recording(user, rng, args.gait_variability)
+            image, radial_speed = sim.simulate_spectrogram(user, recording, radar, rng, args.size, args.channels)
+            name = f"{split}/{user_id}/rec_{i:03d}.png"
+            Image.fromarray(image).save(out / name)
+            recordings[name] = sim.as_dict(recording) | {"max_radial_speed_mps": radial_speed}
+    return {"user_id": user_id, **sim.as_dict(user), "recordings": recordings}
+
+
+def radar_from_args(args: argparse.Namespace) -> sim.Radar:
+    return sim.Radar(
+        carrier_hz=args.carrier_ghz * 1e9,
+        prf_hz=args.prf_hz,
+        duration_s=args.duration_s,
+        window_s=args.window_ms / 1000,
+        overlap=args.overlap,
+        dynamic_range_db=args.dynamic_range_db,
+    )
+
+
+def check_target(out: Path) -> None:
+    """Refuse to replace a folder this script did not write: it may hold someone's real data."""
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise SystemExit(
+            f"{out} exists and was not written by the simulator (no {MARKER}); "
+            "refusing to overwrite it. Choose another --out or remove the folder yourself."
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="data set root to write")
+    p.add_argument("--num-users", type=int, default=31)
+    p.add_argument("--train-per-user", type=int, default=24)
+    p.add_argument("--val-per-user", type=int, default=8)
+    p.add_argument("--size", type=int, default=128, help="image height and width in pixels")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: grey, 3: jet colour map")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gait-variability", type=float, default=1.0, help="day-to-day gait variation (0: none)")
+    p.add_argument("--carrier-ghz", type=float, default=24.0)
+    p.add_argument("--prf-hz", type=float, default=3000.0)
+    p.add_argument("--duration-s", type=float, default=4.0)
+    p.add_argument("--window-ms", type=float, default=160.0)
+    p.add_argument("--overlap", type=float, default=0.95)
+    p.add_argument("--dynamic-range-db", type=float, default=40.0)
+    p.add_argument("--workers", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    radar = radar_from_args(args)
+    check_target(args.out)
+    total = args.num_users * (args.train_per_user + args.val_per_user)
+    print(
+        f"Simulating {args.num_users} users × ({args.train_per_user} train + {args.val_per_user} val) "
+        f"= {total} spectrograms, {args.size}×{args.size}×{args.channels}, seed {args.seed}, "
+        f"{args.workers} worker(s)\n"
+        f"Radar: {radar.carrier_hz / 1e9:g} GHz (λ = {radar.wavelength * 1000:.1f} mm), PRF {radar.prf_hz:g} Hz "
+        f"(unambiguous ±{radar.max_velocity:.2f} m/s), {radar.duration_s:g} s per recording"
+    )
+    # Write next to the target and swap at the end: an interrupted run leaves no half data set.
+    staging = args.out.with_name(f".{args.out.name}.incomplete")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max(1, args.workers)) as pool:
+        jobs = [pool.submit(simulate_user, k, args, staging) for k in range(args.num_users)]
+        users = [job.result() for job in tqdm(jobs, desc="users", unit="user", file=sys.stdout)]
+    elapsed = time.perf_counter() - start
+    speeds = [rec["max_radial_speed_mps"] for user in users for rec in user["recordings"].values()]
+    aliased = sum(speed > radar.max_velocity for speed in speeds)
+    print(f"Fastest limb: {max(speeds):.2f} m/s (unambiguous up to {radar.max_velocity:.2f} m/s)")
+    if aliased:
+        print(
+            f"WARNING: {aliased} of {total} recordings have limbs faster than {radar.max_velocity:.2f} m/s, "
+            "whose Doppler aliases (wraps to the other side of the spectrogram). Raise simulator.prf_hz."
+        )
+
+    description = {
+        "seed": args.seed,
+        "size": args.size,
+        "channels": args.channels,
+        "radar": sim.as_dict(radar),
+        "users": users,
+    }
+    (staging / MARKER).write_text(json.dumps(description, indent=1))
+    for name in (*SPLITS, MARKER):
+        target = args.out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in (*SPLITS, MARKER):
+        os.replace(staging / name, args.out / name)
+    staging.rmdir()
+    print(f"Wrote {total} spectrograms to {args.out}/ in {elapsed:.1f} s ({total / elapsed:.1f} per second)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

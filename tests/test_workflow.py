@@ -1,0 +1,162 @@
+"""The Snakemake workflow, run for real: lint, formatting, config validation, and a tiny pipeline."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"data": {"num_classes": 4, "size": 32}, "simulator": {"train_per_user": 3, "val_per_user": 2}}
+
+
+def snakemake(workdir, *args, config=None):
+    """Run the real snakemake command line on this repository's Snakefile in `workdir`."""
+    workdir = Path(workdir)
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    if config is not None:
+        (workdir / "test.yaml").write_text(yaml.safe_dump(config))
+        command += ["--configfile", str(workdir / "test.yaml")]
+    # Rules call `python`: make it this interpreter, whatever the caller's PATH says.
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+
+
+def planned_jobs(result):
+    """Rule names of the jobs a dry run (-n) would execute."""
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = (result.stdout + result.stderr).splitlines()
+    return {line.split()[1].rstrip(":") for line in lines if line.startswith("rule ")} - {"all"}
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_lint_is_clean():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_snakefmt_check_passes():
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_config_plans_the_whole_dag():
+    jobs = planned_jobs(snakemake(REPO, "-n"))
+    assert {"simulate_dataset", "validate_dataset"} <= jobs
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"data": {"size": "big"}}, "Invalid config at data.size: 'big' is not of type 'integer'"),
+        ({"data": {"sizee": 64}}, "Invalid config at data: Additional properties are not allowed ('sizee' was unexpected)"),
+        ({"dit": {"depth": 2}}, "Invalid config at (top level): Additional properties are not allowed ('dit' was unexpected)"),
+        ({"data": {"channels": 2}}, "Invalid config at data.channels: 2 is not one of [1, 3]"),
+        ({"data": {"size": 40}}, "Invalid config at data.size: 40 is not a multiple of 16"),
+        ({"data": {"source": "folder"}}, "Invalid config at data.root: None is not of type 'string'"),
+        ({"simulator": {"prf_hz": -1}}, "Invalid config at simulator.prf_hz: -1 is less than or equal to the minimum of 0"),
+    ],
+)
+def test_bad_config_is_rejected_with_the_key_named(tmp_path, change, message):
+    config = {section: TINY[section] | change.get(section, {}) for section in TINY} | {
+        k: v for k, v in change.items() if k not in TINY
+    }
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_schema_fills_defaults(tmp_path):
+    result = snakemake(tmp_path, "-n", "--printshellcmds", config={"data": {"num_classes": 4}})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "--size 128 --channels 3" in output and "--on-bad-file fail" in output and "--prf-hz 3000.0" in output
+
+
+def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
+    result = snakemake(tmp_path, "--cores", "2", config=TINY)
+    assert result.returncode == 0, result.stderr
+
+    rows = read_csv(tmp_path / "results/dataset/manifest.csv")
+    assert len(rows) == 4 * (3 + 2)
+    assert {row["user_id"] for row in rows} == {"user_00", "user_01", "user_02", "user_03"}
+    assert all(row["path"].startswith("resources/synthetic/") and row["mode"] == "RGB" for row in rows)
+    assert all(Image.open(tmp_path / row["path"]).size == (32, 32) for row in rows)
+    report = json.loads((tmp_path / "results/dataset/report.json").read_text())
+    assert report["passed"] and report["totals"]["valid_images"] == {"train": 12, "val": 8}
+    users = json.loads((tmp_path / "resources/synthetic/users.json").read_text())
+    assert len(users["users"]) == 4
+    for rule in ("simulate_dataset", "validate_dataset"):
+        assert (tmp_path / f"results/logs/{rule}.log").stat().st_size > 0
+        assert (tmp_path / f"results/benchmarks/{rule}.tsv").exists()
+    assert "No problems found." in (tmp_path / "results/logs/validate_dataset.log").read_text()
+
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n", config=TINY))
+    # A validation setting reruns validation only; a simulator setting reruns both.
+    skip = {"data": TINY["data"] | {"on_bad_file": "skip"}, "simulator": TINY["simulator"]}
+    assert planned_jobs(snakemake(tmp_path, "-n", config=skip)) == {"validate_dataset"}
+    seed = {"data": TINY["data"], "simulator": TINY["simulator"] | {"seed": 1}}
+    assert planned_jobs(snakemake(tmp_path, "-n", config=seed)) == {"simulate_dataset", "validate_dataset"}
+
+
+@pytest.fixture
+def user_folder(tmp_path):
+    """A user's own data set (2 users) with one text file posing as a PNG."""
+    root = tmp_path / "my_data"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 2), ("val", 1)):
+        for user in ("user_00", "user_01"):
+            (root / split / user).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / user / f"{i}.png")
+    (root / "train/user_01/notes.png").write_text("not an image")
+    return root
+
+
+def folder_config(root, on_bad_file):
+    return {"data": {"source": "folder", "root": str(root), "num_classes": 2, "size": 32, "on_bad_file": on_bad_file}}
+
+
+def test_folder_data_with_a_bad_file_fails_under_fail_and_is_skipped_under_skip(tmp_path, user_folder):
+    before = {p: p.read_bytes() for p in user_folder.rglob("*") if p.is_file()}
+
+    failed = snakemake(tmp_path, "--cores", "1", config=folder_config(user_folder, "fail"))
+    assert failed.returncode != 0
+    log = (tmp_path / "results/logs/validate_dataset.log").read_text()
+    assert "not_an_image" in log and "train/user_01/notes.png" in log
+    assert not (tmp_path / "results/dataset/manifest.csv").exists()
+
+    skipped = snakemake(tmp_path, "--cores", "1", config=folder_config(user_folder, "skip"))
+    assert skipped.returncode == 0, skipped.stderr
+    paths = [row["path"] for row in read_csv(tmp_path / "results/dataset/manifest.csv")]
+    assert len(paths) == 6 and not any(p.endswith("notes.png") for p in paths)
+    report = json.loads((tmp_path / "results/dataset/report.json").read_text())
+    assert report["excluded"] == [{"path": str(user_folder / "train/user_01/notes.png"), "kind": "not_an_image"}]
+
+    assert {p: p.read_bytes() for p in user_folder.rglob("*") if p.is_file()} == before
+
+
+def test_adding_a_file_to_the_users_folder_reruns_validation(tmp_path, user_folder):
+    (user_folder / "train/user_01/notes.png").unlink()
+    config = folder_config(user_folder, "fail")
+    assert snakemake(tmp_path, "--cores", "1", config=config).returncode == 0
+    Image.new("RGB", (32, 32), "red").save(user_folder / "val/user_00/new.png")
+    assert planned_jobs(snakemake(tmp_path, "-n", config=config)) == {"validate_dataset"}
+
+
+def test_a_missing_data_root_is_a_clear_error(tmp_path):
+    result = snakemake(tmp_path, "-n", config=folder_config(tmp_path / "nowhere", "fail"))
+    assert result.returncode != 0
+    assert "which is not a folder" in result.stdout + result.stderr

@@ -1,0 +1,59 @@
+# Shared by all rule files. Config validation, data set location, run-time environment.
+
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# Fill defaults and check the config. On error, name the key and the problem instead of
+# printing the whole schema (what snakemake.utils.validate's message does).
+try:
+    validate(config, "../schemas/config.schema.yaml", set_default=True)
+except WorkflowError as error:
+    cause = error.__context__  # the jsonschema.ValidationError
+    if not hasattr(cause, "absolute_path"):
+        raise
+    key = ".".join(map(str, cause.absolute_path)) or "(top level)"
+    raise WorkflowError(
+        f"Invalid config at {key}: {cause.message}. "
+        "Allowed keys, types and defaults: workflow/schemas/config.schema.yaml."
+    ) from None
+
+SPLITS = ("train", "val")
+SYNTHETIC_ROOT = "resources/synthetic"
+
+# Stage scripts run as `python -m mdgen.<stage>`. Put this checkout's package first on the path,
+# so that a conda env (--sdm conda), which holds only the dependencies, runs this workflow's code.
+# (Snakemake formats the prefix with the command: {{ }} is a literal brace.)
+shell.prefix(
+    'export PYTHONPATH="%s${{PYTHONPATH:+:$PYTHONPATH}}"; '
+    % (Path(workflow.basedir) / "src")
+)
+
+
+def dataset_root():
+    """Root of the raw data set: the simulator's output, or the user's data.root."""
+    if config["data"]["source"] == "synthetic":
+        return SYNTHETIC_ROOT
+    root = Path(config["data"]["root"])
+    if not root.is_dir():
+        raise WorkflowError(
+            f"data.root is {str(root)!r}, which is not a folder (working directory: {Path.cwd()}). "
+            "Point it at the folder that holds train/user_NN/ and val/user_NN/."
+        )
+    return str(root)
+
+
+def dataset_files(wildcards):
+    """What validate_dataset reads. For a user's folder every file is listed, so that adding,
+    removing or changing any file reruns validation (and everything after it)."""
+    if config["data"]["source"] == "synthetic":
+        return rules.simulate_dataset.output
+    root = Path(dataset_root())
+    return sorted(
+        str(path)
+        for split in SPLITS
+        if (root / split).is_dir()
+        for path in (root / split).rglob("*")
+        if path.is_file()
+    )
