@@ -12,9 +12,12 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/vae.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.validate_dataset.output,
+        rules.finetune_vae.output,
+        rules.evaluate_vae.output,

@@ -13,7 +13,11 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"data": {"num_classes": 4, "size": 32}, "simulator": {"train_per_user": 3, "val_per_user": 2}}
+from conftest import TINY as TINY_MODELS
+
+TINY = {"data": {"num_classes": 4, "size": 32}, "simulator": {"train_per_user": 3, "val_per_user": 2},
+        "vae": TINY_MODELS["vae"]}
+MANIFEST = "results/dataset/manifest.csv"
 
 
 def snakemake(workdir, *args, config=None):
@@ -54,7 +58,7 @@ def test_snakefmt_check_passes():
 
 def test_default_config_plans_the_whole_dag():
     jobs = planned_jobs(snakemake(REPO, "-n"))
-    assert {"simulate_dataset", "validate_dataset"} <= jobs
+    assert jobs == {"simulate_dataset", "validate_dataset", "finetune_vae", "evaluate_vae"}
 
 
 @pytest.mark.parametrize(
@@ -103,12 +107,21 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
         assert (tmp_path / f"results/benchmarks/{rule}.tsv").exists()
     assert "No problems found." in (tmp_path / "results/logs/validate_dataset.log").read_text()
 
+    for name in ("vavae.pt", "metrics.csv", "curves.png", "eval.json", "reconstructions.png"):
+        assert (tmp_path / "results/vae" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "results/vae/eval.json").read_text())["images"] == 8
+
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n", config=TINY))
-    # A validation setting reruns validation only; a simulator setting reruns both.
-    skip = {"data": TINY["data"] | {"on_bad_file": "skip"}, "simulator": TINY["simulator"]}
-    assert planned_jobs(snakemake(tmp_path, "-n", config=skip)) == {"validate_dataset"}
-    seed = {"data": TINY["data"], "simulator": TINY["simulator"] | {"seed": 1}}
-    assert planned_jobs(snakemake(tmp_path, "-n", config=seed)) == {"simulate_dataset", "validate_dataset"}
+    # Each setting reruns its own stage and what depends on it, nothing upstream.
+    vae_stages = {"finetune_vae", "evaluate_vae"}
+    changes = {
+        "vae": ({"vae": {"base_learning_rate": 1e-4}}, vae_stages),
+        "validation": ({"data": {"on_bad_file": "skip"}}, {"validate_dataset"} | vae_stages),
+        "simulator": ({"simulator": {"seed": 1}}, {"simulate_dataset", "validate_dataset"} | vae_stages),
+    }
+    for name, (change, expected) in changes.items():
+        changed = {section: TINY[section] | change.get(section, {}) for section in TINY}
+        assert planned_jobs(snakemake(tmp_path, "-n", config=changed)) == expected, name
 
 
 @pytest.fixture
@@ -132,13 +145,13 @@ def folder_config(root, on_bad_file):
 def test_folder_data_with_a_bad_file_fails_under_fail_and_is_skipped_under_skip(tmp_path, user_folder):
     before = {p: p.read_bytes() for p in user_folder.rglob("*") if p.is_file()}
 
-    failed = snakemake(tmp_path, "--cores", "1", config=folder_config(user_folder, "fail"))
+    failed = snakemake(tmp_path, "--cores", "1", MANIFEST, config=folder_config(user_folder, "fail"))
     assert failed.returncode != 0
     log = (tmp_path / "results/logs/validate_dataset.log").read_text()
     assert "not_an_image" in log and "train/user_01/notes.png" in log
     assert not (tmp_path / "results/dataset/manifest.csv").exists()
 
-    skipped = snakemake(tmp_path, "--cores", "1", config=folder_config(user_folder, "skip"))
+    skipped = snakemake(tmp_path, "--cores", "1", MANIFEST, config=folder_config(user_folder, "skip"))
     assert skipped.returncode == 0, skipped.stderr
     paths = [row["path"] for row in read_csv(tmp_path / "results/dataset/manifest.csv")]
     assert len(paths) == 6 and not any(p.endswith("notes.png") for p in paths)
@@ -151,9 +164,9 @@ def test_folder_data_with_a_bad_file_fails_under_fail_and_is_skipped_under_skip(
 def test_adding_a_file_to_the_users_folder_reruns_validation(tmp_path, user_folder):
     (user_folder / "train/user_01/notes.png").unlink()
     config = folder_config(user_folder, "fail")
-    assert snakemake(tmp_path, "--cores", "1", config=config).returncode == 0
+    assert snakemake(tmp_path, "--cores", "1", MANIFEST, config=config).returncode == 0
     Image.new("RGB", (32, 32), "red").save(user_folder / "val/user_00/new.png")
-    assert planned_jobs(snakemake(tmp_path, "-n", config=config)) == {"validate_dataset"}
+    assert planned_jobs(snakemake(tmp_path, "-n", MANIFEST, config=config)) == {"validate_dataset"}
 
 
 def test_a_missing_data_root_is_a_clear_error(tmp_path):

@@ -1,5 +1,6 @@
 # Shared by all rule files. Config validation, data set location, run-time environment.
 
+import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -57,3 +58,25 @@ def dataset_files(wildcards):
         for path in (root / split).rglob("*")
         if path.is_file()
     )
+
+
+def stage_config(*sections):
+    """The config a stage script reads, as the JSON its --config takes. Of the data section only
+    size and channels: validation settings must not retrain the models."""
+    data = {key: config["data"][key] for key in ("size", "channels")}
+    return json.dumps({"data": data} | {s: config[s] for s in sections}, sort_keys=True)
+
+
+def pretrained_files(section):
+    """Local weight files a stage loads (as inputs: a missing one stops the run before it starts)."""
+    settings = config[section]
+    paths = [
+        settings["weight_init"],
+        settings["foundation"]["weights"] if settings["use_vf"] else None,
+        (
+            settings["perceptual"]["vgg16_weights"]
+            if settings["lossconfig"]["perceptual_weight"] > 0
+            else None
+        ),
+    ]
+    return [path for path in paths if path]

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
 from mdgen.data.images import ConversionError, convert_spectrogram
+from mdgen.io import atomic_output
 
 SPLITS = ("train", "val")
 USER_FOLDER = re.compile(r"^user_(\d{2,})$")
@@ -326,18 +326,9 @@ def validate_dataset(root, *, num_classes: int, channels: int, size: int, max_pi
 
 
 def _write_atomically(path, write) -> None:
-    """Write through a temporary file in the same folder, so readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")
-    try:
-        with open(fd, "w", newline="", encoding="utf-8") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are shared like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write text through a temporary file in the same folder, so readers never see half a file."""
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        write(f)
 
 
 def write_manifest(rows: list[dict], path) -> None:

@@ -1,0 +1,134 @@
+"""Stage `evaluate_vae`: how well do the initial and the fine-tuned VA-VAE reconstruct the val split?
+
+    python -m mdgen.evaluate_vae --manifest results/dataset/manifest.csv --vae results/vae/vavae.pt \
+        --config config/config.yaml --out-json results/vae/eval.json --out-png results/vae/reconstructions.png
+
+For both models: PSNR and SSIM (torchmetrics, images in [0, 1]), LPIPS when VGG16 weights are
+available, and per-channel statistics of the latents (posterior means). The figure shows input,
+initial and fine-tuned reconstruction side by side for several users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from tqdm import tqdm
+
+from mdgen.config import load_config
+from mdgen.data.dataset import MicroDopplerDataset
+from mdgen.finetune_vae import vae_kwargs
+from mdgen.losses import PerceptualLoss, build_lpips
+from mdgen.models.vavae import VAVAE, load_vavae
+from mdgen.plots import image_grid
+
+USERS_SHOWN = 8
+
+
+def initial_model(config: dict) -> tuple[VAVAE, str]:
+    """The model fine-tuning started from: weight_init, or the seeded random initialisation."""
+    kwargs = vae_kwargs(config) | {"use_vf": None}
+    torch.manual_seed(config["vae"]["seed"])
+    model = VAVAE(**kwargs)
+    weight_init = config["vae"]["weight_init"]
+    if weight_init:
+        model.load_pretrained(weight_init)
+        return model, f"initial ({Path(weight_init).name})"
+    return model, "initial (random init)"
+
+
+def lpips_or_none(config: dict) -> PerceptualLoss | None:
+    """LPIPS with real VGG16 weights, or None when there are none (a random backbone measures nothing)."""
+    try:
+        return PerceptualLoss(build_lpips(config["vae"]["perceptual"]["vgg16_weights"]))
+    except FileNotFoundError as missing:
+        print(f"LPIPS skipped: {missing}")
+        return None
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """[-1, 1] tensors (B, C, H, W) as uint8 arrays (H, W) or (H, W, 3)."""
+    array = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [a[..., 0] if a.shape[-1] == 1 else a for a in array]
+
+
+@torch.inference_mode()
+def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, label: str) -> tuple[dict, dict]:
+    """Metrics over the loader, and (input, reconstruction) of the first image of every user."""
+    model.eval()
+    psnr, ssim, perceptual, latents, firsts = [], [], [], [], {}
+    for batch in tqdm(loader, desc=label, unit="batch", file=sys.stdout):
+        images = batch["image"]
+        posterior = model.encode(images)
+        reconstructions = model.decode(posterior.mode()).clamp(-1, 1)
+        x, y = (images + 1) / 2, (reconstructions + 1) / 2
+        psnr.append(peak_signal_noise_ratio(y, x, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+        ssim.append(structural_similarity_index_measure(y, x, data_range=1.0, reduction="none"))
+        if lpips is not None:
+            perceptual.append(lpips(images, reconstructions).flatten())
+        latents.append(posterior.mode().transpose(0, 1).flatten(1))  # (C, B·h·w)
+        for user, image, reconstruction in zip(batch["user_id"], images, reconstructions):
+            firsts.setdefault(user, (image, reconstruction))
+    latents = torch.cat(latents, dim=1).double()
+    metrics = {
+        "psnr": torch.cat(psnr).mean().item(),
+        "ssim": torch.cat(ssim).mean().item(),
+        "lpips": torch.cat(perceptual).mean().item() if perceptual else None,
+        "latent_mean": latents.mean(dim=1).tolist(),
+        "latent_std": latents.std(dim=1).tolist(),
+    }
+    return metrics, firsts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--vae", required=True, help="the fine-tuned results/vae/vavae.pt")
+    p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and vae sections")
+    p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-png", type=Path, required=True)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config, "data", "vae")
+    size, channels = config["data"]["size"], config["data"]["channels"]
+    dataset = MicroDopplerDataset(args.manifest, "val", size, channels)
+    loader = DataLoader(dataset, batch_size=config["vae"]["batch_size"], shuffle=False)
+    print(f"Evaluating reconstructions of {len(dataset)} val spectrograms ({size}² × {channels})")
+
+    lpips = lpips_or_none(config)
+    initial, initial_label = initial_model(config)
+    models = {initial_label: initial, "fine-tuned": load_vavae(args.vae, use_vf=None)}
+    results, reconstructions = {}, {}
+    for label, model in models.items():
+        results[label], reconstructions[label] = evaluate(model, loader, lpips, label)
+        m = results[label]
+        print(f"{label:>28}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
+              + (f", LPIPS {m['lpips']:.4f}" if m["lpips"] is not None else ""))
+
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    report = {"split": "val", "images": len(dataset), "initial": results[initial_label], "initial_weights": initial_label,
+              "fine_tuned": results["fine-tuned"], "vae": args.vae, "lpips_available": lpips is not None}
+    args.out_json.write_text(json.dumps(report, indent=2))
+
+    users = sorted(reconstructions["fine-tuned"])
+    shown = [users[i] for i in np.linspace(0, len(users) - 1, min(USERS_SHOWN, len(users))).round().astype(int)]
+    rows = [
+        to_uint8(torch.stack([reconstructions["fine-tuned"][u][0], *(reconstructions[label][u][1] for label in models)]))
+        for u in shown
+    ]
+    image_grid(rows, shown, ["input", *models], args.out_png, title="VA-VAE reconstructions (val)")
+    print(f"Wrote {args.out_json} and {args.out_png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

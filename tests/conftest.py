@@ -1,0 +1,56 @@
+"""Shared test helpers: the default config with tiny sizes, and a tiny simulated data set."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mdgen.data.validation import validate_dataset, write_manifest
+from mdgen.simulate_dataset import main as simulate
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Model sizes for CPU tests: a 2-level VA-VAE (f2) on 32×32 images.
+TINY = {
+    "data": {"num_classes": 3, "size": 32},
+    "simulator": {"train_per_user": 4, "val_per_user": 2},
+    "vae": {
+        "embed_dim": 4,
+        "batch_size": 4,
+        "num_workers": 0,
+        "base_learning_rate": 1.0e-3,
+        "checkpoint_every_n_steps": 4,
+        "ddconfig": {"z_channels": 4, "resolution": 32, "ch": 32, "ch_mult": [1, 2], "attn_resolutions": [16]},
+        "lossconfig": {"disc_start": 10},
+        "trainer": {"accelerator": "cpu", "max_epochs": -1, "max_steps": 40, "log_every_n_steps": 1},
+    },
+}
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    """A copy of `base` with nested `changes` applied."""
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        merged[key] = deep_update(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def tiny_config(**changes) -> dict:
+    """config/config.yaml (every key present) with the tiny sizes and any further changes."""
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return deep_update(deep_update(default, TINY), changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory) -> Path:
+    """A validated manifest of 3 simulated users, 4 train + 2 val spectrograms each, 32×32×3."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    config = tiny_config()
+    simulate(["--out", str(root / "synthetic"), "--num-users", "3", "--train-per-user", "4", "--val-per-user", "2",
+              "--size", "32", "--workers", "1"])
+    result = validate_dataset(root / "synthetic", num_classes=3, channels=3, size=32,
+                              max_pixels=config["data"]["max_pixels"])
+    assert not result.errors
+    write_manifest(result.rows, root / "manifest.csv")
+    return root / "manifest.csv"

@@ -1,0 +1,55 @@
+# VA-VAE stages: fine-tune (or train) the autoencoder, then measure its reconstructions.
+
+
+rule finetune_vae:
+    input:
+        manifest="results/dataset/manifest.csv",
+        pretrained=pretrained_files("vae"),
+    output:
+        vae="results/vae/vavae.pt",
+        metrics="results/vae/metrics.csv",
+        curves="results/vae/curves.png",
+    log:
+        "results/logs/finetune_vae.log",
+    benchmark:
+        "results/benchmarks/finetune_vae.tsv"
+    conda:
+        "../envs/mdgen.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=24 * 60,
+    params:
+        out_dir=lambda wildcards, output: Path(output.vae).parent,
+        config=stage_config("vae"),
+    shell:
+        "python -m mdgen.finetune_vae --manifest {input.manifest} --out-dir {params.out_dir}"
+        " --config {params.config:q} > {log} 2>&1"
+
+
+rule evaluate_vae:
+    input:
+        manifest="results/dataset/manifest.csv",
+        vae="results/vae/vavae.pt",
+        pretrained=pretrained_files("vae"),
+    output:
+        metrics="results/vae/eval.json",
+        figure="results/vae/reconstructions.png",
+    log:
+        "results/logs/evaluate_vae.log",
+    benchmark:
+        "results/benchmarks/evaluate_vae.tsv"
+    conda:
+        "../envs/mdgen.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        config=stage_config("vae"),
+    shell:
+        "python -m mdgen.evaluate_vae --manifest {input.manifest} --vae {input.vae}"
+        " --config {params.config:q} --out-json {output.metrics} --out-png {output.figure}"
+        " > {log} 2>&1"
