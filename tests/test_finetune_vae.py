@@ -155,3 +155,18 @@ def test_evaluate_vae_compares_initial_and_fine_tuned(tiny_manifest, tmp_path):
     assert len(report["fine_tuned"]["latent_mean"]) == 4 and all(s > 0 for s in report["fine_tuned"]["latent_std"])
     assert report["lpips_available"] is (report["fine_tuned"]["lpips"] is not None)
     assert out_png.stat().st_size > 10_000
+
+
+def test_official_f16d32_state_dict_loads_strictly_into_the_paper_preset_model():
+    """The paper preset builds exactly the released architecture: every official key and shape fits."""
+    from conftest import REPO
+    from mdgen.config import load_config
+
+    config = load_config(str(REPO / "config" / "presets" / "paper.yaml"), "data", "vae")
+    model = VAVAE(**finetune_vae.vae_kwargs(config))
+    official = json.loads((REPO / "tests" / "fixtures" / "vavae_official_keys.json").read_text())["f16d32_dinov2"]
+    state = {key: torch.zeros(shape) for key, shape in official.items()}
+    state |= {"loss.logvar": torch.zeros(()), "foundation_model.model.cls_token": torch.zeros(1, 1, 1024)}
+    report = model.load_pretrained({"state_dict": state})
+    assert len(report.loaded) == len(official) == len(model.state_dict())
+    assert set(report.dropped) == {"loss.", "foundation_model."}
