@@ -13,6 +13,8 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/vae.smk"
+include: "workflow/rules/latents.smk"
+include: "workflow/rules/dit.smk"
 
 
 rule all:
@@ -21,3 +23,6 @@ rule all:
         rules.validate_dataset.output,
         rules.finetune_vae.output,
         rules.evaluate_vae.output,
+        rules.extract_latents.output,
+        rules.train_dit.output,
+        rules.sample.output,

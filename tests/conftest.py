@@ -11,7 +11,7 @@ from mdgen.simulate_dataset import main as simulate
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Model sizes for CPU tests: a 2-level VA-VAE (f2) on 32×32 images.
+# Model sizes for CPU tests: a 2-level VA-VAE (f2) on 32×32 images, a 2-block DiT on its 4×16×16 latents.
 TINY = {
     "data": {"num_classes": 3, "size": 32},
     "simulator": {"train_per_user": 4, "val_per_user": 2},
@@ -25,6 +25,16 @@ TINY = {
         "lossconfig": {"disc_start": 10},
         "trainer": {"accelerator": "cpu", "max_epochs": -1, "max_steps": 40, "log_every_n_steps": 1},
     },
+    "dit": {
+        "model_type": "LightningDiT-Micro/1",
+        "batch_size": 4,
+        "ema_decay": 0.9,
+        "checkpoint_every_n_steps": 4,
+        "val_every_n_steps": 5,
+        "val_timesteps": 4,
+        "trainer": {"accelerator": "cpu", "max_steps": 30, "log_every_n_steps": 1},
+    },
+    "sample": {"per_user": 2, "batch_size": 4, "num_sampling_steps": 4, "grid_per_user": 2},
 }
 
 
@@ -54,3 +64,23 @@ def tiny_manifest(tmp_path_factory) -> Path:
     assert not result.errors
     write_manifest(result.rows, root / "manifest.csv")
     return root / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_latents(tiny_manifest, tmp_path_factory) -> tuple[Path, Path]:
+    """(folder with train.zarr and val.zarr, the VA-VAE file) from a seeded tiny VA-VAE."""
+    import json
+
+    import torch
+
+    from mdgen.extract_latents import main as extract
+    from mdgen.finetune_vae import vae_kwargs
+    from mdgen.models.vavae import VAVAE, save_official
+
+    root = tmp_path_factory.mktemp("tiny_latents")
+    config = tiny_config()
+    torch.manual_seed(0)
+    save_official(root / "vavae.pt", VAVAE(**vae_kwargs(config)), {"model": vae_kwargs(config), **config})
+    assert extract(["--manifest", str(tiny_manifest), "--vae", str(root / "vavae.pt"), "--out-dir", str(root / "latents"),
+                    "--config", json.dumps(config)]) == 0
+    return root / "latents", root / "vavae.pt"

@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+import zarr
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 from conftest import TINY as TINY_MODELS
 
 TINY = {"data": {"num_classes": 4, "size": 32}, "simulator": {"train_per_user": 3, "val_per_user": 2},
-        "vae": TINY_MODELS["vae"]}
+        **{section: TINY_MODELS[section] for section in ("vae", "dit", "sample")}}
+STAGES = ["simulate_dataset", "validate_dataset", "finetune_vae", "evaluate_vae", "extract_latents", "train_dit", "sample"]
 MANIFEST = "results/dataset/manifest.csv"
 
 
@@ -58,7 +60,7 @@ def test_snakefmt_check_passes():
 
 def test_default_config_plans_the_whole_dag():
     jobs = planned_jobs(snakemake(REPO, "-n"))
-    assert jobs == {"simulate_dataset", "validate_dataset", "finetune_vae", "evaluate_vae"}
+    assert jobs == set(STAGES)
 
 
 @pytest.mark.parametrize(
@@ -66,7 +68,8 @@ def test_default_config_plans_the_whole_dag():
     [
         ({"data": {"size": "big"}}, "Invalid config at data.size: 'big' is not of type 'integer'"),
         ({"data": {"sizee": 64}}, "Invalid config at data: Additional properties are not allowed ('sizee' was unexpected)"),
-        ({"dit": {"depth": 2}}, "Invalid config at (top level): Additional properties are not allowed ('dit' was unexpected)"),
+        ({"diffusion": {"depth": 2}}, "Invalid config at (top level): Additional properties are not allowed ('diffusion' was unexpected)"),
+        ({"dit": {"depth": 2}}, "Invalid config at dit: Additional properties are not allowed ('depth' was unexpected)"),
         ({"data": {"channels": 2}}, "Invalid config at data.channels: 2 is not one of [1, 3]"),
         ({"data": {"size": 40}}, "Invalid config at data.size: 40 is not a multiple of 16"),
         ({"data": {"source": "folder"}}, "Invalid config at data.root: None is not of type 'string'"),
@@ -110,18 +113,26 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
     for name in ("vavae.pt", "metrics.csv", "curves.png", "eval.json", "reconstructions.png"):
         assert (tmp_path / "results/vae" / name).stat().st_size > 0
     assert json.loads((tmp_path / "results/vae/eval.json").read_text())["images"] == 8
+    for split, count in (("train", 12), ("val", 8)):
+        assert zarr.open_group(tmp_path / f"results/latents/{split}.zarr", mode="r")["latents"].shape[0] == count
+    for name in ("dit.pt", "metrics.csv", "curves.png"):
+        assert (tmp_path / "results/dit" / name).stat().st_size > 0
+    samples = sorted(p.relative_to(tmp_path / "results/samples") for p in (tmp_path / "results/samples").rglob("*.png"))
+    assert [str(p) for p in samples] == ["grid.png"] + [f"user_{u:02d}/sample_{i:04d}.png" for u in range(4) for i in range(2)]
 
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n", config=TINY))
     # Each setting reruns its own stage and what depends on it, nothing upstream.
-    vae_stages = {"finetune_vae", "evaluate_vae"}
     changes = {
-        "vae": ({"vae": {"base_learning_rate": 1e-4}}, vae_stages),
-        "validation": ({"data": {"on_bad_file": "skip"}}, {"validate_dataset"} | vae_stages),
-        "simulator": ({"simulator": {"seed": 1}}, {"simulate_dataset", "validate_dataset"} | vae_stages),
+        "sample": ({"sample": {"cfg_scale": 2.0}}, STAGES[6:]),
+        "dit": ({"dit": {"ema_decay": 0.5}}, STAGES[5:]),
+        "latents": ({"latents": {"sample_posterior": False}}, STAGES[4:]),
+        "vae": ({"vae": {"base_learning_rate": 1e-4}}, STAGES[2:]),
+        "validation": ({"data": {"on_bad_file": "skip"}}, STAGES[1:]),
+        "simulator": ({"simulator": {"seed": 1}}, STAGES),
     }
     for name, (change, expected) in changes.items():
-        changed = {section: TINY[section] | change.get(section, {}) for section in TINY}
-        assert planned_jobs(snakemake(tmp_path, "-n", config=changed)) == expected, name
+        changed = {section: TINY.get(section, {}) | change.get(section, {}) for section in TINY | change}
+        assert planned_jobs(snakemake(tmp_path, "-n", config=changed)) == set(expected), name
 
 
 @pytest.fixture

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# Temporary folders of a store being written, and of the store it replaces while it is swapped.
+INCOMPLETE_MARK = ".incomplete-"
+REPLACED_MARK = ".replaced-"
 
 
 @contextmanager
@@ -26,4 +31,45 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders an interrupted write of `path` left next to it; return them.
+
+    Only one run may write a store at a time (Snakemake guarantees it for its outputs), since a
+    running write's folder looks the same as an abandoned one.
+    """
+    path = Path(path)
+    leftovers = sorted(p for mark in (INCOMPLETE_MARK, REPLACED_MARK) for p in path.parent.glob(f".{path.name}{mark}*"))
+    for leftover in leftovers:
+        shutil.rmtree(leftover)
+    return leftovers
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `path`; when the block succeeds it becomes `path`.
+
+    The folder-level twin of `atomic_output`. A directory cannot be swapped in one
+    rename (os.replace refuses a non-empty target), so the old store is first renamed aside and
+    deleted after the new one is in place: `path` is missing for the moment between two renames,
+    but never incomplete. On error the temporary folder is removed; a killed process leaves it
+    behind as `.<name>.incomplete-*`, which `remove_leftovers` deletes on the next run.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{INCOMPLETE_MARK}"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; outputs are shared like any other folder
+        replaced = None
+        if path.exists():
+            replaced = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{REPLACED_MARK}"))
+            os.replace(path, replaced / path.name)
+        os.replace(tmp, path)
+        if replaced is not None:
+            shutil.rmtree(replaced)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -53,10 +53,11 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str, panels
 
 
 def image_grid(rows: list[list[np.ndarray]], row_labels: list[str], column_labels: list[str],
-               out_png: str | Path, title: str = "") -> None:
+               out_png: str | Path, title: str = "", cell_inches: float = 1.8) -> None:
     """A labelled grid of uint8 images (H×W or H×W×3), e.g. input | reconstruction per user."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.8 * n_cols + 0.8, 1.8 * n_rows + 0.4), squeeze=False)
+    figsize = (cell_inches * n_cols + 0.8, cell_inches * n_rows + 0.6)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=figsize, squeeze=False, layout="constrained")
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i, j]
@@ -72,6 +73,5 @@ def image_grid(rows: list[list[np.ndarray]], row_labels: list[str], column_label
                 ax.set_ylabel(row_labels[i], fontsize=9)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

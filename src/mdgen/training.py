@@ -32,9 +32,9 @@ def prepare_work_dir(work_dir: Path, config: dict) -> Path | None:
     return last if last.exists() else None
 
 
-def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list) -> pl.Trainer:
+def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list, **overrides) -> pl.Trainer:
     """A Trainer from a config's `trainer` section, logging to a new CSV version per run."""
-    return pl.Trainer(
+    settings = dict(
         accelerator=trainer_config["accelerator"],
         devices=trainer_config["devices"],
         num_nodes=trainer_config["num_nodes"],
@@ -47,6 +47,7 @@ def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list) -
         logger=CSVLogger(work_dir, name="logs"),
         callbacks=callbacks,
     )
+    return pl.Trainer(**(settings | overrides))
 
 
 def collect_metrics(work_dir: Path, out_csv: Path) -> None:

@@ -22,6 +22,7 @@ except WorkflowError as error:
 
 SPLITS = ("train", "val")
 SYNTHETIC_ROOT = "resources/synthetic"
+USERS = [f"user_{index:02d}" for index in range(config["data"]["num_classes"])]
 
 # Stage scripts run as `python -m mdgen.<stage>`. Put this checkout's package first on the path,
 # so that a conda env (--sdm conda), which holds only the dependencies, runs this workflow's code.
@@ -62,8 +63,8 @@ def dataset_files(wildcards):
 
 def stage_config(*sections):
     """The config a stage script reads, as the JSON its --config takes. Of the data section only
-    size and channels: validation settings must not retrain the models."""
-    data = {key: config["data"][key] for key in ("size", "channels")}
+    what models depend on: validation settings must not retrain them."""
+    data = {key: config["data"][key] for key in ("size", "channels", "num_classes")}
     return json.dumps({"data": data} | {s: config[s] for s in sections}, sort_keys=True)
 
 

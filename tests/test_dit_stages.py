@@ -1,0 +1,158 @@
+"""The train_dit and sample stages, run for real on tiny latent stores."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_config
+from mdgen import train_dit
+from mdgen.data.latents import LatentStoreWriter, open_latent_store
+from mdgen.models.lightningdit import create_model
+from mdgen.sample import main as sample
+
+
+def train(tiny_latents, out_dir, config):
+    latents, vae = tiny_latents
+    return train_dit.main(["--latents", str(latents), "--vae", str(vae), "--out-dir", str(out_dir),
+                           "--config", json.dumps(config)])
+
+
+def metric(metrics_csv, name):
+    with open(metrics_csv, newline="") as f:
+        return [(int(r["step"]), float(r[name])) for r in csv.DictReader(f) if r.get(name)]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_latents, tmp_path_factory):
+    """A Micro DiT trained for 60 steps, and its config."""
+    out = tmp_path_factory.mktemp("dit")
+    config = tiny_config(dit={"trainer": {"max_steps": 60}, "val_every_n_steps": 10})
+    assert train(tiny_latents, out, config) == 0
+    return out, config
+
+
+@pytest.fixture(scope="module")
+def structured_latents(tiny_latents, tmp_path_factory):
+    """The tiny stores with their latents replaced by a fixed pattern per user plus a little noise:
+    data a DiT can learn in a few steps (a random VA-VAE's latents are close to noise)."""
+    source, vae = tiny_latents
+    folder = tmp_path_factory.mktemp("structured")
+    patterns = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0)).numpy()
+    for split in ("train", "val"):
+        store = open_latent_store(source / f"{split}.zarr")
+        latents = patterns[store.labels] + 0.1 * np.random.default_rng(1).standard_normal((len(store.labels), 4, 16, 16))
+        writer = LatentStoreWriter(folder / f"{split}.zarr", store.labels, store.paths, "float32", chunk_size=4)
+        writer.append(latents.astype(np.float32))
+        writer.finish(dict(store.attrs) | {"mean": [0.0] * 4, "std": [1.0] * 4})
+    return folder, vae
+
+
+def test_training_and_validation_losses_fall(structured_latents, tmp_path):
+    out = tmp_path
+    config = tiny_config(dit={"trainer": {"max_steps": 100}, "val_every_n_steps": 10, "batch_size": 8,
+                              "optimizer": {"lr": 3e-3}})
+    assert train(structured_latents, out, config) == 0
+    losses = [v for _, v in metric(out / "metrics.csv", "train/loss")]
+    assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10]), (losses[:10], losses[-10:])
+    val = [v for _, v in metric(out / "metrics.csv", "val/loss")]
+    assert len(val) >= 5 and val[-1] < 0.9 * val[0], val
+    for name in ("train/mse", "train/cosine", "train/grad_norm", "train/lr", "train/latents_per_s"):
+        assert metric(out / "metrics.csv", name), name
+    assert (out / "curves.png").stat().st_size > 10_000
+
+
+def test_export_has_the_official_layout_and_loads_strictly(trained):
+    out, _ = trained
+    checkpoint = torch.load(out / "dit.pt", weights_only=True)
+    assert set(checkpoint) == {"model", "ema", "opt", "config"}
+    kwargs = dict(checkpoint["config"]["model"])
+    assert (kwargs["num_classes"], kwargs["in_channels"], kwargs["input_size"]) == (3, 4, 16)
+    model = create_model(kwargs.pop("model_type"), **kwargs)
+    report = model.load_pretrained(out / "dit.pt", key="ema")
+    assert len(report.loaded) == len(model.state_dict())
+    assert model.null_label == 3
+    # The EMA trails the trained weights: close, not equal.
+    differences = [(checkpoint["ema"][k] - v).abs().max().item() for k, v in checkpoint["model"].items()]
+    assert 0 < max(differences) < 1
+
+
+def test_interrupted_training_resumes_at_the_saved_step_with_the_saved_ema(tiny_latents, tmp_path, monkeypatch):
+    config = tiny_config(dit={"trainer": {"max_steps": 5000}})
+    latents, vae = tiny_latents
+    last = tmp_path / "training" / "checkpoints" / "last.ckpt"
+    command = [sys.executable, "-m", "mdgen.train_dit", "--latents", str(latents), "--vae", str(vae),
+               "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            if last.exists() and torch.load(last, weights_only=False)["global_step"] >= 8:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("no checkpoint at step 8 before the deadline")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    saved = torch.load(last, weights_only=False)
+    saved_ema = {k.removeprefix("ema."): v for k, v in saved["state_dict"].items() if k.startswith("ema.")}
+    assert saved_ema
+
+    seen = {}
+
+    class Capture(train_dit.pl.Callback):
+        def on_train_start(self, trainer, module):
+            seen["step"] = trainer.global_step
+            seen["ema"] = {k: v.clone() for k, v in module.ema.state_dict().items()}
+            seen["adam_steps"] = [s["step"] for s in trainer.optimizers[0].state_dict()["state"].values()][:1]
+            trainer.should_stop = True
+
+    build = train_dit.trainer_from_config
+    monkeypatch.setattr(train_dit, "trainer_from_config",
+                        lambda cfg, work_dir, callbacks, **kw: build(cfg, work_dir, [*callbacks, Capture()], **kw))
+    assert train(tiny_latents, tmp_path, config) == 0
+    assert seen["step"] == saved["global_step"]
+    assert seen["adam_steps"] == [s["step"] for s in saved["optimizer_states"][0]["state"].values()][:1]
+    for key, value in saved_ema.items():
+        torch.testing.assert_close(seen["ema"][key], value, rtol=0, atol=0)
+
+
+def run_sample(trained, tiny_latents, out, **changes):
+    dit_dir, config = trained
+    config = tiny_config(sample=changes) | {"dit": config["dit"]}
+    return sample(["--dit", str(dit_dir / "dit.pt"), "--vae", str(tiny_latents[1]), "--out-dir", str(out),
+                   "--config", json.dumps(config)])
+
+
+def pixels(folder):
+    return {p.relative_to(folder): np.asarray(Image.open(p)) for p in sorted(folder.glob("user_*/*.png"))}
+
+
+def test_sampling_writes_every_user_and_is_reproducible(trained, tiny_latents, tmp_path):
+    for name, changes in (("a", {}), ("again", {}), ("one_by_one", {"batch_size": 1})):
+        assert run_sample(trained, tiny_latents, tmp_path / name, **changes) == 0
+    first, again, one_by_one = (pixels(tmp_path / name) for name in ("a", "again", "one_by_one"))
+    assert sorted(str(p) for p in first) == [f"user_{u:02d}/sample_{i:04d}.png" for u in range(3) for i in range(2)]
+    assert all(image.shape == (32, 32, 3) and image.dtype == np.uint8 for image in first.values())
+    assert all(np.array_equal(first[p], again[p]) for p in first)
+    # Another batch size draws the same noise; only float rounding in the batched matmuls differs.
+    assert max(np.abs(first[p].astype(int) - one_by_one[p]).max() for p in first) <= 2
+    assert (tmp_path / "a" / "grid.png").stat().st_size > 5_000
+
+
+def test_guidance_and_seed_change_the_samples(trained, tiny_latents, tmp_path):
+    assert run_sample(trained, tiny_latents, tmp_path / "base") == 0
+    assert run_sample(trained, tiny_latents, tmp_path / "no_cfg", cfg_scale=1.0) == 0
+    assert run_sample(trained, tiny_latents, tmp_path / "seed", seed=1) == 0
+    base = pixels(tmp_path / "base")
+    for other in ("no_cfg", "seed"):
+        assert any(not np.array_equal(base[p], image) for p, image in pixels(tmp_path / other).items()), other
