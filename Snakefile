@@ -10,11 +10,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/vae.smk"
 include: "workflow/rules/latents.smk"
 include: "workflow/rules/dit.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -26,3 +30,4 @@ rule all:
         rules.extract_latents.output,
         rules.train_dit.output,
         rules.sample.output,
+        rules.evaluate_generation.output,

@@ -35,6 +35,7 @@ TINY = {
         "trainer": {"accelerator": "cpu", "max_steps": 30, "log_every_n_steps": 1},
     },
     "sample": {"per_user": 2, "batch_size": 4, "num_sampling_steps": 4, "grid_per_user": 2},
+    "evaluation": {"seeds": [0], "ratios": [0.5], "classifier": {"epochs": 5, "size": 32, "batch_size": 4}},
 }
 
 

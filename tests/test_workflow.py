@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 from conftest import TINY as TINY_MODELS
 
 TINY = {"data": {"num_classes": 4, "size": 32}, "simulator": {"train_per_user": 3, "val_per_user": 2},
-        **{section: TINY_MODELS[section] for section in ("vae", "dit", "sample")}}
-STAGES = ["simulate_dataset", "validate_dataset", "finetune_vae", "evaluate_vae", "extract_latents", "train_dit", "sample"]
+        **{section: TINY_MODELS[section] for section in ("vae", "dit", "sample", "evaluation")}}
+STAGES = ["simulate_dataset", "validate_dataset", "finetune_vae", "evaluate_vae", "extract_latents", "train_dit", "sample",
+          "evaluate_generation"]
 MANIFEST = "results/dataset/manifest.csv"
 
 
@@ -85,6 +86,15 @@ def test_bad_config_is_rejected_with_the_key_named(tmp_path, change, message):
     assert message in result.stdout + result.stderr
 
 
+def test_nested_command_line_values_get_the_schema_types(tmp_path):
+    command = [sys.executable, "-m", "snakemake", "-n", "-p", "--config", 'data={"size": 64, "channels": 1}',
+               'evaluation={"low_data_k": [4]}']
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "--size 64 --channels 1" in output and "--per-user 4" in output
+
+
 def test_schema_fills_defaults(tmp_path):
     result = snakemake(tmp_path, "-n", "--printshellcmds", config={"data": {"num_classes": 4}})
     output = result.stdout + result.stderr
@@ -122,7 +132,11 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
 
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n", config=TINY))
     # Each setting reruns its own stage and what depends on it, nothing upstream.
+    report = json.loads((tmp_path / "results/eval/generation.json").read_text())
+    assert report["real_only"]["val_accuracy"]["runs"] and report["low_data"] == {}
+
     changes = {
+        "evaluation": ({"evaluation": {"knn_k": 2}}, STAGES[7:]),
         "sample": ({"sample": {"cfg_scale": 2.0}}, STAGES[6:]),
         "dit": ({"dit": {"ema_decay": 0.5}}, STAGES[5:]),
         "latents": ({"latents": {"sample_posterior": False}}, STAGES[4:]),

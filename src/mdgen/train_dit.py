@@ -23,6 +23,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mdgen.config import load_config
+from mdgen.data.dataset import per_user_subset
 from mdgen.data.latents import LatentDataModule
 from mdgen.io import atomic_output
 from mdgen.models.lightningdit import create_model
@@ -129,6 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae", required=True, help="the VA-VAE the latents were made with (checked by sha256)")
     p.add_argument("--out-dir", type=Path, required=True, help="where dit.pt, metrics.csv, curves.png and training/ go")
     p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and dit sections")
+    p.add_argument("--per-user", type=int, default=None,
+                   help="train on this many train latents per user only (the low-data study)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the per-user draw")
     return p.parse_args(argv)
 
 
@@ -143,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                             num_workers=dit_config["num_workers"], vae_path=args.vae,
                             memory_limit_mb=dit_config["memory_limit_mb"])
     data.setup("fit")
+    subset = None
+    if args.per_user is not None:
+        indices = per_user_subset(data.train.labels, args.per_user, args.subset_seed)
+        data.train_indices = indices
+        subset = {"per_user": args.per_user, "seed": args.subset_seed, "paths": [data.train.paths[i] for i in indices]}
+        config["train_subset"] = {k: v for k, v in subset.items() if k != "paths"}  # part of the resume fingerprint
     latent_shape = tuple(data.train.latents_shape)
     model_kwargs = dit_kwargs(config, latent_shape)
     work_dir = args.out_dir / "training"
@@ -152,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in module.model.parameters())
     print(f"{dit_config['model_type']}: {n_params / 1e6:.2f} M parameters on {latent_shape[0]}×{latent_shape[1]}×"
           f"{latent_shape[2]} latents, {config['data']['num_classes']} classes (null label {module.model.null_label})")
-    print(f"Data: {len(data.train)} train / {len(data.val)} val latents from {args.latents}, batch {dit_config['batch_size']}")
+    trained_on = f"{len(subset['paths'])} ({args.per_user} per user)" if subset else str(len(data.train))
+    print(f"Data: {trained_on} train / {len(data.val)} val latents from {args.latents}, batch {dit_config['batch_size']}")
     if resume_from:
         print(f"Resuming from {resume_from} (optimizer, EMA and step included)")
 
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
 
     if trainer.is_global_zero:
-        export_config = {**config, "model": model_kwargs,
+        export_config = {**config, "model": model_kwargs, "train_subset": subset,
                          "latent_stats": {"mean": data.train.mean.tolist(), "std": data.train.std.tolist()}}
         export_official(args.out_dir / "dit.pt", module, trainer.optimizers[0], export_config)
         collect_metrics(work_dir, args.out_dir / "metrics.csv")

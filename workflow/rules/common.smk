@@ -3,8 +3,31 @@
 import json
 from pathlib import Path
 
+import yaml
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+
+def typed_cli_values(value, schema):
+    """Snakemake reads nested --config values (data='{"size": 64}') as strings; give them the
+    types the schema asks for, so that the command line works like the config file."""
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return {k: typed_cli_values(v, properties.get(k, {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed_cli_values(v, schema.get("items", {})) for v in value]
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, str) and (types or "enum" in schema) and "string" not in types:
+        return yaml.safe_load(value)
+    return value
+
+
+SCHEMA = yaml.safe_load(
+    Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()
+)
+config.update(typed_cli_values(dict(config), SCHEMA))
 
 # Fill defaults and check the config. On error, name the key and the problem instead of
 # printing the whole schema (what snakemake.utils.validate's message does).

@@ -9,7 +9,11 @@ rule train_dit:
     output:
         dit="results/dit/dit.pt",
         metrics="results/dit/metrics.csv",
-        curves="results/dit/curves.png",
+        curves=report(
+            "results/dit/curves.png",
+            caption="../report/dit_curves.rst",
+            category="LightningDiT",
+        ),
     log:
         "results/logs/train_dit.log",
     benchmark:
@@ -25,9 +29,10 @@ rule train_dit:
         latents=lambda wildcards, input: Path(input.train).parent,
         out_dir=lambda wildcards, output: Path(output.dit).parent,
         config=stage_config("dit"),
+        subset="",
     shell:
         "python -m mdgen.train_dit --latents {params.latents} --vae {input.vae}"
-        " --out-dir {params.out_dir} --config {params.config:q} > {log} 2>&1"
+        " --out-dir {params.out_dir} --config {params.config:q} {params.subset} > {log} 2>&1"
 
 
 rule sample:
@@ -35,7 +40,11 @@ rule sample:
         dit="results/dit/dit.pt",
         vae="results/vae/vavae.pt",
     output:
-        grid="results/samples/grid.png",
+        grid=report(
+            "results/samples/grid.png",
+            caption="../report/sample_grid.rst",
+            category="Samples",
+        ),
         users=directory(expand("results/samples/{user}", user=USERS)),
     log:
         "results/logs/sample.log",
@@ -54,3 +63,36 @@ rule sample:
     shell:
         "python -m mdgen.sample --dit {input.dit} --vae {input.vae} --out-dir {params.out_dir}"
         " --config {params.config:q} > {log} 2>&1"
+
+
+# The low-data study (evaluation.low_data_k): a DiT of its own on k train latents per user, so that
+# a classifier given those k real images per user gets samples of a generator that saw only them.
+
+
+use rule train_dit as train_dit_low_data with:
+    output:
+        dit="results/lowdata/k{k}/dit/dit.pt",
+        metrics="results/lowdata/k{k}/dit/metrics.csv",
+        curves="results/lowdata/k{k}/dit/curves.png",
+    log:
+        "results/logs/train_dit_k{k}.log",
+    benchmark:
+        "results/benchmarks/train_dit_k{k}.tsv"
+    params:
+        latents=lambda wildcards, input: Path(input.train).parent,
+        out_dir=lambda wildcards, output: Path(output.dit).parent,
+        config=stage_config("dit"),
+        subset=lambda wildcards: f"--per-user {wildcards.k} --subset-seed {config['evaluation']['low_data_seed']}",
+
+
+use rule sample as sample_low_data with:
+    input:
+        dit="results/lowdata/k{k}/dit/dit.pt",
+        vae="results/vae/vavae.pt",
+    output:
+        grid="results/lowdata/k{k}/samples/grid.png",
+        users=directory(expand("results/lowdata/k{{k}}/samples/{user}", user=USERS)),
+    log:
+        "results/logs/sample_k{k}.log",
+    benchmark:
+        "results/benchmarks/sample_k{k}.tsv"

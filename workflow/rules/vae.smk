@@ -8,7 +8,11 @@ rule finetune_vae:
     output:
         vae="results/vae/vavae.pt",
         metrics="results/vae/metrics.csv",
-        curves="results/vae/curves.png",
+        curves=report(
+            "results/vae/curves.png",
+            caption="../report/vae_curves.rst",
+            category="VA-VAE",
+        ),
     log:
         "results/logs/finetune_vae.log",
     benchmark:
@@ -35,7 +39,11 @@ rule evaluate_vae:
         pretrained=pretrained_files("vae"),
     output:
         metrics="results/vae/eval.json",
-        figure="results/vae/reconstructions.png",
+        figure=report(
+            "results/vae/reconstructions.png",
+            caption="../report/vae_reconstructions.rst",
+            category="VA-VAE",
+        ),
     log:
         "results/logs/evaluate_vae.log",
     benchmark:

@@ -18,6 +18,24 @@ def class_label(user_id: str) -> int:
     return int(user_id.removeprefix("user_"))
 
 
+def per_user_subset(labels, per_user: int, seed: int) -> list[int]:
+    """Indices of `per_user` items of every label (seeded draw), in their original order.
+
+    The low-data study draws the generator's training latents and the classifier's real images
+    with it; both follow the manifest's order, so both see exactly the same real images.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        candidates = np.flatnonzero(labels == label)
+        if per_user > len(candidates):
+            raise ValueError(f"user_{label:02d} has {len(candidates)} training images, fewer than the {per_user} per "
+                             "user the low-data study asks for: lower evaluation.low_data_k")
+        chosen.append(rng.choice(candidates, per_user, replace=False))
+    return sorted(int(i) for i in np.concatenate(chosen))
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """A uint8 'L' or 'RGB' image as a float tensor C×H×W in [-1, 1]."""
     array = np.asarray(image, dtype=np.float32)

@@ -29,7 +29,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import zarr
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mdgen.data.dataset import class_label
 
@@ -325,8 +325,11 @@ class LatentDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, train_store: str | os.PathLike, val_store: str | os.PathLike, batch_size: int,
-                 num_workers: int = 0, vae_path: str | os.PathLike | None = None, memory_limit_mb: float = 4096):
+                 num_workers: int = 0, vae_path: str | os.PathLike | None = None, memory_limit_mb: float = 4096,
+                 train_indices: Sequence[int] | None = None):
+        """`train_indices`: train on these items of the train store only (the low-data study)."""
         super().__init__()
+        self.train_indices = train_indices
         self.train_store, self.val_store = Path(train_store), Path(val_store)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -354,7 +357,8 @@ class LatentDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, shuffle=True)
+        fit = self.train if self.train_indices is None else Subset(self.train, list(self.train_indices))
+        return self._loader(fit, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val, shuffle=False)

@@ -1,0 +1,86 @@
+"""The evaluate_generation stage on known cases: samples that are copies of training images, and noise."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_config
+from mdgen.data.validation import read_manifest
+from mdgen.evaluate_generation import main as evaluate
+
+SETTINGS = {"seeds": [0, 1], "ratios": [0.5], "classifier": {"epochs": 30, "size": 32, "batch_size": 4},
+            "low_data_k": [2]}
+
+
+def copies_of_train(manifest, folder):
+    """'Samples' that are the training images themselves: perfect fidelity, all memorised."""
+    for row in read_manifest(manifest, "train"):
+        target = folder / row["user_id"] / f"copy_{row['path'].rsplit('/', 1)[-1]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(row["path"], target)
+    return folder
+
+
+def noise_samples(folder, users=3, per_user=4):
+    rng = np.random.default_rng(0)
+    for user in range(users):
+        (folder / f"user_{user:02d}").mkdir(parents=True)
+        for i in range(per_user):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"user_{user:02d}/{i}.png")
+    return folder
+
+
+def run(manifest, samples, out, *extra):
+    config = tiny_config(evaluation=SETTINGS)
+    assert evaluate(["--manifest", str(manifest), "--samples", str(samples), "--out-dir", str(out),
+                     "--config", json.dumps(config), "--threads", "1", *extra]) == 0
+    return json.loads((out / "generation.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def copied(tiny_manifest, tmp_path_factory):
+    root = tmp_path_factory.mktemp("copied")
+    samples = copies_of_train(tiny_manifest, root / "samples")
+    return run(tiny_manifest, samples, root / "eval", f"--low-data=2={samples}"), root / "eval"
+
+
+def test_copies_of_training_images_are_flagged_as_memorised_and_recognised(copied):
+    results, out = copied
+    assert results["memorisation"]["fraction_flagged"] == 1.0  # distance 0 to a training image
+    assert all(pair["distance"] < 1e-6 for pair in results["memorisation"]["closest_pairs"])
+    assert results["fidelity"]["accuracy"]["mean"] >= 0.9  # the classifier saw exactly these images
+    assert results["precision_recall"]["precision"] > 0.5
+    for name in ("metrics.csv", "accuracy_vs_ratio.png", "per_user_accuracy.png", "confusion.png", "nearest_pairs.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_every_protocol_runs_over_every_seed_and_records_what_it_saw(copied, tiny_manifest):
+    results, _ = copied
+    train = [row["path"] for row in read_manifest(tiny_manifest, "train")]
+    assert results["training_sets"]["real_train"] == train and results["generator_saw"] == "real_train"
+    for entry in (results["real_only"], *results["augmented"], results["synthetic_only"]):
+        assert len(entry["val_accuracy"]["runs"]) == 2
+        assert 0 <= entry["val_accuracy"]["mean"] <= 1
+    augmented = results["augmented"][0]
+    assert augmented["ratio"] == 0.5 and all(len(used) == 3 * 2 for used in augmented["synthetic_images"])  # 0.5 × 4 per user
+    low = results["low_data"]["k2"]
+    assert low["generator_saw"] == "k2" and len(results["training_sets"]["k2"]) == 3 * 2
+    assert set(results["training_sets"]["k2"]) <= set(train)
+    assert len(low["augmented"][0]["synthetic_images"][0]) == 3 * 1  # 0.5 × 2 per user
+
+
+def test_noise_samples_are_not_recognised(tiny_manifest, tmp_path):
+    results = run(tiny_manifest, noise_samples(tmp_path / "samples"), tmp_path / "eval")
+    assert results["memorisation"]["fraction_flagged"] == 0.0
+    assert results["frechet_distance"]["overall"] > results["frechet_distance"]["real_train_vs_val"]
+
+
+def test_too_few_samples_for_a_ratio_is_a_clear_error(tiny_manifest, tmp_path):
+    samples = noise_samples(tmp_path / "samples", per_user=1)
+    config = tiny_config(evaluation=SETTINGS | {"ratios": [2.0], "low_data_k": []})
+    with pytest.raises(SystemExit, match="raise sample.per_user or lower evaluation.ratios"):
+        evaluate(["--manifest", str(tiny_manifest), "--samples", str(samples), "--out-dir", str(tmp_path / "eval"),
+                  "--config", json.dumps(config)])
