@@ -28,8 +28,6 @@ these three switched off by default, and its configs switch them on.
 from __future__ import annotations
 
 import math
-import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,6 +38,10 @@ import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from mdgen.models.checkpoints import CheckpointMismatchError, load_strictly, read_checkpoint  # noqa: F401
+
+DIT_LAYOUT = "a state dict or an official training checkpoint {'model', 'ema', 'opt', 'config'}"
 
 # Wrapper prefixes that training code puts in front of every key: DistributedDataParallel, torch.compile.
 WRAPPER_PREFIXES = {"module.": "DistributedDataParallel", "_orig_mod.": "torch.compile"}
@@ -446,7 +448,7 @@ class LightningDiT(nn.Module):
         every key ('module.' from DDP, '_orig_mod.' from torch.compile) is stripped. Every other
         difference raises CheckpointMismatchError, naming the keys and shapes, before any weight changes.
         """
-        source, checkpoint = _read_checkpoint(path_or_checkpoint)
+        source, checkpoint = read_checkpoint(path_or_checkpoint, DIT_LAYOUT)
         report = PretrainedReport(path=source)
         if isinstance(checkpoint.get(key), Mapping):
             state_dict, report.key = checkpoint[key], key
@@ -458,16 +460,7 @@ class LightningDiT(nn.Module):
                              f"training checkpoints hold 'ema' (for sampling) and 'model'.")
         state_dict = _strip_wrapper_prefixes(dict(state_dict), report)
 
-        expected = {name: tuple(value.shape) for name, value in self.state_dict().items()}
-        missing = [name for name in expected if name not in state_dict]
-        unexpected = [name for name in state_dict if name not in expected]
-        mismatched = [(name, tuple(state_dict[name].shape), shape) for name, shape in expected.items()
-                      if name in state_dict and tuple(state_dict[name].shape) != shape]
-        if missing or unexpected or mismatched:
-            raise CheckpointMismatchError(source, f"LightningDiT({self.extra_repr()})", missing, unexpected,
-                                          mismatched, checkpoint.get("config"))
-        self.load_state_dict(state_dict, strict=True)
-        report.loaded = list(expected)
+        report.loaded = load_strictly(self, state_dict, source, lambda missing: _mismatch_hints(checkpoint.get("config")))
         return report
 
 
@@ -492,52 +485,16 @@ class PretrainedReport:
         return "\n".join(lines + [f"  adapted: {sentence}" for sentence in self.adapted])
 
 
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint's tensors do not match the LightningDiT built from the config."""
-
-    def __init__(self, source: str | None, model: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[tuple[str, tuple, tuple]], checkpoint_config: Mapping | None = None):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        shown = 20
-
-        def listing(title, lines):
-            more = [f"    ... and {len(lines) - shown} more"] if len(lines) > shown else []
-            return [f"  {title} ({len(lines)}):"] + [f"    {line}" for line in lines[:shown]] + more
-
-        lines = [f"checkpoint {source or '<in-memory checkpoint>'} does not match {model}:"]
-        if missing:
-            lines += listing("missing from the checkpoint", missing)
-        if unexpected:
-            lines += listing("unexpected in the checkpoint", unexpected)
-        if mismatched:
-            lines += listing("shape mismatches", [f"{name}: checkpoint {have} vs model {want}"
-                                                  for name, have, want in mismatched])
-        if isinstance(checkpoint_config, Mapping):
-            data = checkpoint_config.get("data") or {}
-            lines.append(f"The checkpoint's own config: model {dict(checkpoint_config.get('model') or {})}, "
-                         f"num_classes {data.get('num_classes')}, image_size {data.get('image_size')}.")
-        lines.append("Build the model with the checkpoint's settings: size (depth, hidden_size, num_heads, "
-                     "patch_size), input_size = image size / VAE downsampling, in_channels, num_classes, "
-                     "class_dropout_prob > 0, use_qknorm, use_swiglu, use_rope, use_rmsnorm, wo_shift, learn_sigma.")
-        super().__init__("\n".join(lines))
-
-
-def _read_checkpoint(path_or_checkpoint) -> tuple[str | None, Mapping]:
-    if isinstance(path_or_checkpoint, Mapping):
-        return None, path_or_checkpoint
-    if not isinstance(path_or_checkpoint, (str, os.PathLike)):
-        raise TypeError(f"expected a checkpoint path or a dict, got {type(path_or_checkpoint).__name__}")
-    path = os.fspath(path_or_checkpoint)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path} holds Python objects besides tensors, which torch.load(weights_only=True) "
-                         f"refuses. If you trust the file, load it with torch.load(path, map_location='cpu', "
-                         f"weights_only=False) and pass the dict to load_pretrained.") from error
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, expected a state dict or an official "
-                         f"training checkpoint {{'model', 'ema', 'opt', 'config'}}")
-    return path, checkpoint
+def _mismatch_hints(checkpoint_config) -> list[str]:
+    hints = []
+    if isinstance(checkpoint_config, Mapping):
+        data = checkpoint_config.get("data") or {}
+        hints.append(f"The checkpoint's own config: model {dict(checkpoint_config.get('model') or {})}, "
+                     f"num_classes {data.get('num_classes')}, image_size {data.get('image_size')}.")
+    hints.append("Build the model with the checkpoint's settings: size (depth, hidden_size, num_heads, patch_size), "
+                 "input_size = image size / VAE downsampling, in_channels, num_classes, class_dropout_prob > 0, "
+                 "use_qknorm, use_swiglu, use_rope, use_rmsnorm, wo_shift, learn_sigma.")
+    return hints
 
 
 def _strip_wrapper_prefixes(state_dict: dict, report: PretrainedReport) -> dict:

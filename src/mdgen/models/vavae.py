@@ -17,8 +17,6 @@ Images are (B, in_channels, H, W) in [-1, 1]; latents are (B, embed_dim, H/16, W
 from __future__ import annotations
 
 import inspect
-import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -28,6 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mdgen.io import atomic_output
+from mdgen.models.checkpoints import CheckpointMismatchError, load_strictly, read_checkpoint  # noqa: F401
+
+VAE_LAYOUT = "a state dict or {'state_dict': ...}"
 
 VF_MODELS = (None, "dinov2", "mae")
 
@@ -417,7 +418,7 @@ class VAVAE(nn.Module):
         A 3-channel checkpoint is adapted to in_channels=1 / out_ch=1 (grey images). Every other
         difference raises CheckpointMismatchError before any weight is changed.
         """
-        source, checkpoint = _read_checkpoint(path_or_state_dict)
+        source, checkpoint = read_checkpoint(path_or_state_dict, VAE_LAYOUT)
         return self._load_checkpoint(checkpoint, source)
 
     def _load_checkpoint(self, checkpoint: Mapping, source: str | None) -> PretrainedReport:
@@ -429,15 +430,7 @@ class VAVAE(nn.Module):
         state_dict = self._drop_unused(state_dict, report)
         state_dict = self._adapt_grey(state_dict, report)
 
-        expected = {key: tuple(value.shape) for key, value in self.state_dict().items()}
-        missing = [key for key in expected if key not in state_dict]
-        unexpected = [key for key in state_dict if key not in expected]
-        mismatched = [(key, tuple(state_dict[key].shape), shape) for key, shape in expected.items()
-                      if key in state_dict and tuple(state_dict[key].shape) != shape]
-        if missing or unexpected or mismatched:
-            raise CheckpointMismatchError(source, f"VAVAE({self.extra_repr()})", missing, unexpected, mismatched)
-        self.load_state_dict(state_dict, strict=True)
-        report.loaded = list(expected)
+        report.loaded = load_strictly(self, state_dict, source, _mismatch_hints)
         return report
 
     def _drop_unused(self, state_dict: dict, report: PretrainedReport) -> dict:
@@ -498,52 +491,14 @@ class PretrainedReport:
         return "\n".join(lines)
 
 
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint's tensors do not match the model built from the config."""
-
-    def __init__(self, source: str | None, model: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[tuple[str, tuple, tuple]]):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        shown = 20
-
-        def listing(title, lines):
-            more = [f"    ... and {len(lines) - shown} more"] if len(lines) > shown else []
-            return [f"  {title} ({len(lines)}):"] + [f"    {line}" for line in lines[:shown]] + more
-
-        lines = [f"checkpoint {source or '<in-memory state dict>'} does not match {model}:"]
-        if missing:
-            lines += listing("missing from the checkpoint", missing)
-        if unexpected:
-            lines += listing("unexpected in the checkpoint", unexpected)
-        if mismatched:
-            lines += listing("shape mismatches", [f"{key}: checkpoint {tuple(have)} vs model {tuple(want)}"
-                                                  for key, have, want in mismatched])
-        if missing and all(key.startswith(ALIGNMENT_HEAD_PREFIX) for key in missing):
-            lines.append("The checkpoint has no VF alignment head: build the model with use_vf: null, or check "
-                         "reverse_proj.")
-        lines.append("Check the model section of the config against the one the checkpoint was trained with: "
-                     "ddconfig (ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, in_channels, out_ch), "
-                     "embed_dim, use_vf and reverse_proj.")
-        super().__init__("\n".join(lines))
-
-
-def _read_checkpoint(path_or_state_dict) -> tuple[str | None, Mapping]:
-    if isinstance(path_or_state_dict, Mapping):
-        return None, path_or_state_dict
-    if not isinstance(path_or_state_dict, (str, os.PathLike)):
-        raise TypeError(f"expected a checkpoint path or a state dict, got {type(path_or_state_dict).__name__}")
-    path = os.fspath(path_or_state_dict)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds Python objects besides tensors, which torch.load(weights_only=True) refuses. If you "
-            f"trust the file, load it with torch.load(path, map_location='cpu', weights_only=False) and pass "
-            f"the dict to load_pretrained."
-        ) from error
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, expected a state dict or {{'state_dict': ...}}")
-    return path, checkpoint
+def _mismatch_hints(missing: list[str]) -> list[str]:
+    hints = []
+    if missing and all(key.startswith(ALIGNMENT_HEAD_PREFIX) for key in missing):
+        hints.append("The checkpoint has no VF alignment head: build the model with use_vf: null, or check reverse_proj.")
+    hints.append("Check the model section of the config against the one the checkpoint was trained with: ddconfig "
+                 "(ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, in_channels, out_ch), embed_dim, use_vf "
+                 "and reverse_proj.")
+    return hints
 
 
 def _unwrap_prefix(state_dict: dict, report: PretrainedReport) -> dict:
@@ -600,7 +555,7 @@ def load_vavae(path, **overrides) -> VAVAE:
     overrides replace constructor kwargs from the file, e.g. use_vf=None for inference, which
     drops the alignment head. The model is returned in training mode like any new nn.Module.
     """
-    source, checkpoint = _read_checkpoint(path)
+    source, checkpoint = read_checkpoint(path, VAE_LAYOUT)
     config = checkpoint.get("config")
     if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
         raise ValueError(f"{source} has no config['model'] (the VAVAE constructor kwargs), so it was not written "
