@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (see README.md):
-#   make run    set up .venv if needed, then run the whole default pipeline
+#   make run    set up .venv if needed, then run the whole default pipeline and build its report
 #   make test   set up .venv if needed, then run the test suite
 VENV ?= .venv
 PYTHON ?= python3
@@ -11,6 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores all
+	$(BIN)/snakemake --report results/report.html
 
 test: $(VENV)/.installed
 	$(BIN)/pytest

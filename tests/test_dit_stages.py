@@ -156,3 +156,18 @@ def test_guidance_and_seed_change_the_samples(trained, tiny_latents, tmp_path):
     base = pixels(tmp_path / "base")
     for other in ("no_cfg", "seed"):
         assert any(not np.array_equal(base[p], image) for p, image in pixels(tmp_path / other).items()), other
+
+
+def test_low_data_training_uses_exactly_the_per_user_draw(tiny_latents, tmp_path):
+    """train_dit --per-user k trains on the draw the classifiers of the low-data study get."""
+    from mdgen.data.dataset import per_user_subset
+    from mdgen.data.latents import open_latent_store
+
+    latents, vae = tiny_latents
+    config = tiny_config(dit={"trainer": {"max_steps": 3}})
+    assert train_dit.main(["--latents", str(latents), "--vae", str(vae), "--out-dir", str(tmp_path),
+                           "--config", json.dumps(config), "--per-user", "2", "--subset-seed", "5"]) == 0
+    subset = torch.load(tmp_path / "dit.pt", weights_only=True)["config"]["train_subset"]
+    store = open_latent_store(latents / "train.zarr")
+    expected = [store.paths[i] for i in per_user_subset(store.labels, 2, 5)]
+    assert subset == {"per_user": 2, "seed": 5, "paths": expected} and len(expected) == 3 * 2
