@@ -27,7 +27,7 @@ from mdgen.data.dataset import MicroDopplerDataset
 from mdgen.losses import FoundationModel, LPIPSWithDiscriminator, PerceptualLoss, build_lpips
 from mdgen.models.vavae import VAVAE, save_official
 from mdgen.plots import plot_curves
-from mdgen.training import collect_metrics, prepare_work_dir, trainer_from_config
+from mdgen.training import collect_metrics, fit, prepare_work_dir, trainer_from_config
 
 # Lightning warns that manual optimization checkpoints hold the weights after the optimizer step;
 # that is what we want (the state at global_step), so the warning is noise.
@@ -220,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                            every_n_train_steps=vae_config["checkpoint_every_n_steps"])
     best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val/rec_loss", mode="min", save_top_k=1)
     trainer = trainer_from_config(vae_config["trainer"], work_dir, [last, best])
-    print(f"Training on {trainer.accelerator.__class__.__name__.removesuffix('Accelerator')} × {trainer.num_devices}, "
-          f"precision {trainer.precision}; checkpoints in {checkpoint_dir}")
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-    elapsed = time.perf_counter() - start
+    elapsed = fit(trainer, module, data, resume_from, f"(checkpoints in {checkpoint_dir})")
 
     if trainer.is_global_zero:
         args.out_dir.mkdir(parents=True, exist_ok=True)

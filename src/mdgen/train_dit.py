@@ -28,7 +28,7 @@ from mdgen.data.latents import LatentDataModule
 from mdgen.io import atomic_output
 from mdgen.models.lightningdit import create_model
 from mdgen.plots import plot_curves
-from mdgen.training import collect_metrics, prepare_work_dir, trainer_from_config
+from mdgen.training import collect_metrics, fit, prepare_work_dir, trainer_from_config
 from mdgen.transport import training_loss
 
 MODEL_FLAGS = ("use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift", "class_dropout_prob", "use_checkpoint")
@@ -177,11 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         val_check_interval=dit_config["val_every_n_steps"],
         check_val_every_n_epoch=None,
     )
-    print(f"Training on {trainer.accelerator.__class__.__name__.removesuffix('Accelerator')} × {trainer.num_devices}, "
-          f"precision {trainer.precision}, {dit_config['trainer']['max_steps']} steps; checkpoints in {checkpoint_dir}")
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-    elapsed = time.perf_counter() - start
+    elapsed = fit(trainer, module, data, resume_from,
+                  f"for {dit_config['trainer']['max_steps']} steps (checkpoints in {checkpoint_dir})")
 
     if trainer.is_global_zero:
         export_config = {**config, "model": model_kwargs, "train_subset": subset,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -48,6 +49,15 @@ def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list, *
         callbacks=callbacks,
     )
     return pl.Trainer(**(settings | overrides))
+
+
+def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule, resume_from: Path | None, what: str) -> float:
+    """Say where and how training runs, run it (resuming from `resume_from` when given), return its seconds."""
+    device = trainer.accelerator.__class__.__name__.removesuffix("Accelerator")
+    print(f"Training {what} on {device} × {trainer.num_devices}, precision {trainer.precision}")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    return time.perf_counter() - start
 
 
 def collect_metrics(work_dir: Path, out_csv: Path) -> None:
