@@ -1,0 +1,44 @@
+"""Error paths of the stage scripts, fed the bad input they guard against."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from mdgen.config import load_config
+from mdgen.evaluate_generation import main as evaluate, parse_low_data
+from mdgen.models.lightningdit import create_model
+from mdgen.sample import guided_velocity
+
+
+def test_config_without_a_needed_section_names_it():
+    with pytest.raises(SystemExit, match="lacks the section"):
+        load_config(json.dumps({"data": {}}), "data", "vae_typo")
+
+
+def test_config_that_is_not_a_mapping_is_refused():
+    with pytest.raises(SystemExit, match="must be a mapping of sections"):
+        load_config("[1, 2]", "data")
+
+
+@pytest.mark.parametrize("item", ["4", "x=folder", "4="])
+def test_low_data_argument_must_be_k_equals_folder(item):
+    with pytest.raises(SystemExit, match="expects K=DIR"):
+        parse_low_data(item)
+
+
+def test_guidance_without_label_dropout_explains_what_to_set():
+    model = create_model("LightningDiT-Micro/1", input_size=4, in_channels=4, num_classes=3, class_dropout_prob=0.0)
+    labels = torch.tensor([0, 1])
+    with pytest.raises(SystemExit, match="set sample.cfg_scale: 1"):
+        guided_velocity(model, labels, {"cfg_scale": 4.0, "cfg_interval_start": 0.0, "guidance_channels": None})
+    velocity = guided_velocity(model, labels, {"cfg_scale": 1.0})  # no guidance needs no null label
+    assert velocity(torch.zeros(2, 4, 4, 4), torch.full((2,), 0.5)).shape == (2, 4, 4, 4)
+
+
+def test_evaluation_refuses_a_user_without_samples(tiny_manifest, tmp_path):
+    (tmp_path / "samples" / "user_00").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="user_00 holds no samples: every user needs samples"):
+        evaluate(["--manifest", str(tiny_manifest), "--samples", str(tmp_path / "samples"), "--out-dir",
+                  str(tmp_path / "eval"), "--config", json.dumps(tiny_config())])
