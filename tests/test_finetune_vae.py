@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_config
 from mdgen import finetune_vae
 from mdgen.evaluate_vae import main as evaluate
-from mdgen.models.vavae import VAVAE, load_vavae, save_official
+from mdgen.models.vavae import VAVAE, load_vavae
 
 
 def run(tiny_manifest, out_dir, config):
@@ -88,7 +88,8 @@ def test_interrupted_finetune_resumes_at_the_saved_step_with_the_same_optimizer_
             trainer.should_stop = True  # the resume is what this test is about
 
     build = finetune_vae.trainer_from_config
-    monkeypatch.setattr(finetune_vae, "trainer_from_config", lambda cfg, work_dir, callbacks: build(cfg, work_dir, [*callbacks, Capture()]))
+    monkeypatch.setattr(finetune_vae, "trainer_from_config",
+                        lambda cfg, work_dir, callbacks, **kw: build(cfg, work_dir, [*callbacks, Capture()], **kw))
     assert run(tiny_manifest, tmp_path, config) == 0
     assert seen["step"] == saved_step
     for restored, stored in zip(seen["optimizers"], saved["optimizer_states"]):

@@ -23,11 +23,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from mdgen.config import load_config
+from mdgen.launch import die_with_launcher
 from mdgen.data.dataset import MicroDopplerDataset
 from mdgen.losses import FoundationModel, LPIPSWithDiscriminator, PerceptualLoss, build_lpips
 from mdgen.models.vavae import VAVAE, save_official
 from mdgen.plots import plot_curves
-from mdgen.training import collect_metrics, fit, prepare_work_dir, trainer_from_config
+from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config
 
 # Lightning warns that manual optimization checkpoints hold the weights after the optimizer step;
 # that is what we want (the state at global_step), so the warning is noise.
@@ -138,10 +139,13 @@ class VAVAETraining(pl.LightningModule):
         self.manual_backward(disc_loss)
         disc_optimizer.step()
 
+        # Under DDP the logged losses are the means over the ranks' batches, the throughput their sum.
         batch_size = len(images)
-        self.log("train/rec_loss", ae_log["train/rec_loss"], prog_bar=True, batch_size=batch_size)
-        self.log_dict({k: v for k, v in (ae_log | disc_log).items() if k != "train/rec_loss"}, batch_size=batch_size)
-        self.log("train/images_per_s", batch_size / (time.perf_counter() - start), batch_size=batch_size)
+        self.log("train/rec_loss", ae_log["train/rec_loss"], prog_bar=True, sync_dist=True, batch_size=batch_size)
+        self.log_dict({k: v for k, v in (ae_log | disc_log).items() if k != "train/rec_loss"}, sync_dist=True,
+                      batch_size=batch_size)
+        self.log("train/images_per_s", batch_size / (time.perf_counter() - start), sync_dist=True, reduce_fx="sum",
+                 batch_size=batch_size)
 
     def validation_step(self, batch, batch_idx):
         images = batch["image"]
@@ -183,6 +187,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()
     args = parse_args(argv)
     config = load_config(args.config, "data", "vae")
     config = {"data": {k: config["data"][k] for k in ("size", "channels")}, "vae": config["vae"]}
@@ -196,21 +201,21 @@ def main(argv: list[str] | None = None) -> int:
     module = VAVAETraining(config)
 
     n_params = sum(p.numel() for p in module.vae.parameters())
-    print(f"VA-VAE: {n_params / 1e6:.2f} M parameters, latents {vae_config['embed_dim']}×"
+    say(f"VA-VAE: {n_params / 1e6:.2f} M parameters, latents {vae_config['embed_dim']}×"
           f"{config['data']['size'] // module.vae.downsample_factor}² for {config['data']['size']}² × {config['data']['channels']} images")
-    print(f"Data: {len(data.train)} train / {len(data.val)} val spectrograms from {args.manifest}, batch {vae_config['batch_size']}")
+    say(f"Data: {len(data.train)} train / {len(data.val)} val spectrograms from {args.manifest}, batch {vae_config['batch_size']}")
     if resume_from:
-        print(f"Resuming from {resume_from} (optimizer and discriminator states included)")
+        say(f"Resuming from {resume_from} (optimizer and discriminator states included)")
     elif vae_config["weight_init"]:
         report = module.vae.load_pretrained(vae_config["weight_init"])
-        print(report)
+        say(report)
         state = torch.load(vae_config["weight_init"], map_location="cpu", weights_only=True)
         loaded = module.loss.load_official_loss_state(state.get("state_dict", state))
-        print(f"Loss state from the checkpoint: {', '.join(loaded) if loaded else 'none (discriminator starts fresh)'}")
+        say(f"Loss state from the checkpoint: {', '.join(loaded) if loaded else 'none (discriminator starts fresh)'}")
     else:
-        print("No vae.weight_init: training the VA-VAE from scratch.")
+        say("No vae.weight_init: training the VA-VAE from scratch.")
     loss_config = vae_config["lossconfig"]
-    print(f"Loss: L1{' + LPIPS' if loss_config['perceptual_weight'] > 0 else ' (no LPIPS: perceptual_weight 0)'}"
+    say(f"Loss: L1{' + LPIPS' if loss_config['perceptual_weight'] > 0 else ' (no LPIPS: perceptual_weight 0)'}"
           f" + KL + PatchGAN from step {loss_config['disc_start']}"
           + (f" + VF alignment with {vae_config['use_vf']}" if vae_config["use_vf"] else " (no VF alignment: use_vf null)"))
 
@@ -219,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     last = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
                            every_n_train_steps=vae_config["checkpoint_every_n_steps"])
     best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val/rec_loss", mode="min", save_top_k=1)
-    trainer = trainer_from_config(vae_config["trainer"], work_dir, [last, best])
+    # The discriminator update leaves the VA-VAE without gradients (and the reverse): DDP must know.
+    trainer = trainer_from_config(vae_config["trainer"], work_dir, [last, best], seed=vae_config["seed"],
+                                  find_unused_parameters=True)
     elapsed = fit(trainer, module, data, resume_from, f"(checkpoints in {checkpoint_dir})")
 
     if trainer.is_global_zero:

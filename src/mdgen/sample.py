@@ -9,6 +9,10 @@ Writes `<out-dir>/user_NN/sample_XXXX.png` (the input's size and channels, so th
 next to the real train/ as augmentation data) and `<out-dir>/grid.png` (one row per user). Each
 user's noise comes from its own seed, so the same seed gives the same images, and another batch
 size draws the same noise (images then differ only by float rounding).
+
+With `sample.devices` > 1 (or `num_nodes` > 1) the rule starts one process per device (torchrun or
+srun) and Lightning Fabric joins them: rank r samples users r, r + world size, ..., so together they
+write every user once, the same files as one process; rank 0 then draws the grid from the files.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from lightning_fabric import Fabric
 from PIL import Image
 from tqdm import tqdm
 
 from mdgen.config import load_config
+from mdgen.launch import die_with_launcher
 from mdgen.data.validation import user_id
 from mdgen.evaluate_vae import to_uint8
 from mdgen.models.vavae import load_vavae
@@ -60,12 +67,13 @@ def guided_velocity(model, labels: torch.Tensor, settings: dict):
 
 
 def sample_user(model, vae, user: int, count: int, settings: dict, latent_shape, mean, std) -> torch.Tensor:
-    """`count` decoded images (B, C, H, W) in [-1, 1] for one user."""
+    """`count` decoded images (B, C, H, W) in [-1, 1] for one user, on the model's device."""
     generator = torch.Generator().manual_seed(settings["seed"] * 1_000_003 + user)
-    noise = torch.randn((count, *latent_shape), generator=generator)
+    device = mean.device
+    noise = torch.randn((count, *latent_shape), generator=generator).to(device)  # drawn on the CPU: any device, same noise
     images = []
     for batch in noise.split(settings["batch_size"]):
-        labels = torch.full((len(batch),), user, dtype=torch.long)
+        labels = torch.full((len(batch),), user, dtype=torch.long, device=device)
         latents = sample_ode(guided_velocity(model, labels, settings), batch, num_steps=settings["num_sampling_steps"],
                              method=settings["sampling_method"], shift=settings["timestep_shift"])
         images.append(vae.decode(latents * std + mean).clamp(-1, 1))
@@ -81,39 +89,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def sample_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("sample_*.png"))
+
+
 @torch.inference_mode()
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()
     args = parse_args(argv)
     config = load_config(args.config, "data", "sample")
     settings = config["sample"]
+    processes = settings["devices"] * settings["num_nodes"]
+    fabric = Fabric(accelerator=settings["accelerator"], devices=settings["devices"], num_nodes=settings["num_nodes"],
+                    strategy="ddp" if processes > 1 else "auto")
+    fabric.launch()  # joins the processes torchrun or srun started; nothing to do for one
     torch.manual_seed(settings["seed"])
     model, dit_config = load_dit(args.dit, settings["use_ema"])
-    vae = load_vavae(args.vae, use_vf=None).eval()
+    model = model.to(fabric.device)
+    vae = load_vavae(args.vae, use_vf=None).eval().to(fabric.device)
     stats = dit_config["latent_stats"]
-    mean = torch.tensor(stats["mean"]).view(-1, 1, 1)
-    std = torch.tensor(stats["std"]).view(-1, 1, 1)
+    mean = torch.tensor(stats["mean"], device=fabric.device).view(-1, 1, 1)
+    std = torch.tensor(stats["std"], device=fabric.device).view(-1, 1, 1)
     model_kwargs = dit_config["model"]
     latent_shape = (model_kwargs["in_channels"], model_kwargs["input_size"], model_kwargs["input_size"])
     num_users = model_kwargs["num_classes"]
-    print(f"Sampling {settings['per_user']} spectrograms for each of {num_users} users: {settings['sampling_method']}, "
-          f"{settings['num_sampling_steps']} steps, time shift {settings['timestep_shift']}, cfg {settings['cfg_scale']} "
-          f"from t > {settings['cfg_interval_start']} on {settings['guidance_channels'] or 'all'} channels, "
-          f"{'EMA' if settings['use_ema'] else 'raw'} weights; seed {settings['seed']}")
+    fabric.print(f"Sampling {settings['per_user']} spectrograms for each of {num_users} users: {settings['sampling_method']}, "
+                 f"{settings['num_sampling_steps']} steps, time shift {settings['timestep_shift']}, cfg {settings['cfg_scale']} "
+                 f"from t > {settings['cfg_interval_start']} on {settings['guidance_channels'] or 'all'} channels, "
+                 f"{'EMA' if settings['use_ema'] else 'raw'} weights; seed {settings['seed']}; "
+                 f"{fabric.world_size} process(es) on {fabric.device.type}")
 
-    grid_rows, start = [], time.perf_counter()
-    for user in tqdm(range(num_users), desc="users", unit="user", file=sys.stdout):
+    mine = range(fabric.global_rank, num_users, fabric.world_size)
+    start = time.perf_counter()
+    progress = tqdm(mine, desc=f"users (rank 0 of {fabric.world_size})" if fabric.world_size > 1 else "users",
+                    unit="user", file=sys.stdout, disable=not fabric.is_global_zero)
+    for user in progress:
         images = to_uint8(sample_user(model, vae, user, settings["per_user"], settings, latent_shape, mean, std))
         folder = args.out_dir / user_id(user)
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
             Image.fromarray(image).save(folder / f"sample_{i:04d}.png")
-        grid_rows.append(images[: settings["grid_per_user"]])
-    elapsed = time.perf_counter() - start
-    total = num_users * settings["per_user"]
-    image_grid(grid_rows, [user_id(u) for u in range(num_users)], [], args.out_dir / "grid.png",
-               title=f"Generated spectrograms, one row per user (cfg {settings['cfg_scale']})", cell_inches=1.0)
-    print(f"Wrote {total} samples to {args.out_dir}/user_NN/ and grid.png in {elapsed:.0f} s "
-          f"({elapsed / total:.2f} s per image)")
+    fabric.barrier()  # every user's folder is complete
+    if fabric.is_global_zero:
+        elapsed = time.perf_counter() - start
+        grid_rows = [[np.asarray(Image.open(path)) for path in sample_files(args.out_dir / user_id(u))[: settings["grid_per_user"]]]
+                     for u in range(num_users)]
+        total = sum(len(sample_files(args.out_dir / user_id(u))) for u in range(num_users))
+        image_grid(grid_rows, [user_id(u) for u in range(num_users)], [], args.out_dir / "grid.png",
+                   title=f"Generated spectrograms, one row per user (cfg {settings['cfg_scale']})", cell_inches=1.0)
+        print(f"Wrote {total} samples to {args.out_dir}/user_NN/ and grid.png in {elapsed:.0f} s "
+              f"({elapsed * fabric.world_size / total:.2f} process-seconds per image)")
     return 0
 
 

@@ -23,12 +23,13 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mdgen.config import load_config
+from mdgen.launch import die_with_launcher
 from mdgen.data.dataset import per_user_subset
 from mdgen.data.latents import LatentDataModule
 from mdgen.io import atomic_output
 from mdgen.models.lightningdit import create_model
 from mdgen.plots import plot_curves
-from mdgen.training import collect_metrics, fit, prepare_work_dir, trainer_from_config
+from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config
 from mdgen.transport import training_loss
 
 MODEL_FLAGS = ("use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift", "class_dropout_prob", "use_checkpoint")
@@ -77,8 +78,9 @@ class DiTTraining(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         latents, labels = batch
         losses = self._losses(latents, labels)
-        self.log("train/loss", losses["loss"], prog_bar=True)
-        self.log_dict({f"train/{name}": value for name, value in losses.items() if name != "loss"})
+        # Under DDP: the mean over the ranks' batches (the loss the averaged gradient belongs to).
+        self.log("train/loss", losses["loss"], prog_bar=True, sync_dist=True)
+        self.log_dict({f"train/{name}": value for name, value in losses.items() if name != "loss"}, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return losses["loss"]
 
@@ -95,7 +97,9 @@ class DiTTraining(pl.LightningModule):
         decay = self.dit_config["ema_decay"]
         ema, model = list(self.ema.parameters()), list(self.model.parameters())
         torch._foreach_lerp_(ema, model, 1.0 - decay)
-        self.log("train/latents_per_s", len(batch[0]) / (time.perf_counter() - self._step_start))
+        # The EMA needs no syncing: DDP keeps the weights, and so their averages, equal on every rank.
+        self.log("train/latents_per_s", len(batch[0]) / (time.perf_counter() - self._step_start),
+                 sync_dist=True, reduce_fx="sum")
 
     def validation_step(self, batch, batch_idx):
         """The loss at a fixed grid of t with fixed noise: deterministic, comparable across runs."""
@@ -137,6 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()
     args = parse_args(argv)
     config = load_config(args.config, "data", "dit")
     config = {"data": {k: config["data"][k] for k in ("size", "channels", "num_classes")}, "dit": config["dit"]}
@@ -160,18 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     module = DiTTraining(config, model_kwargs)
 
     n_params = sum(p.numel() for p in module.model.parameters())
-    print(f"{dit_config['model_type']}: {n_params / 1e6:.2f} M parameters on {latent_shape[0]}×{latent_shape[1]}×"
+    say(f"{dit_config['model_type']}: {n_params / 1e6:.2f} M parameters on {latent_shape[0]}×{latent_shape[1]}×"
           f"{latent_shape[2]} latents, {config['data']['num_classes']} classes (null label {module.model.null_label})")
     trained_on = f"{len(subset['paths'])} ({args.per_user} per user)" if subset else str(len(data.train))
-    print(f"Data: {trained_on} train / {len(data.val)} val latents from {args.latents}, batch {dit_config['batch_size']}")
+    say(f"Data: {trained_on} train / {len(data.val)} val latents from {args.latents}, batch {dit_config['batch_size']}")
     if resume_from:
-        print(f"Resuming from {resume_from} (optimizer, EMA and step included)")
+        say(f"Resuming from {resume_from} (optimizer, EMA and step included)")
 
     checkpoint_dir = work_dir / "checkpoints"
     last = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
                            every_n_train_steps=dit_config["checkpoint_every_n_steps"])
     trainer = trainer_from_config(
-        dit_config["trainer"], work_dir, [last],
+        dit_config["trainer"], work_dir, [last], seed=dit_config["seed"],
         gradient_clip_val=dit_config["optimizer"]["max_grad_norm"],
         # Every n steps across epochs (the validation loss is costly: val_timesteps passes over the val store).
         val_check_interval=dit_config["val_every_n_steps"],

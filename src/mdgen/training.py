@@ -3,6 +3,10 @@
 A stage keeps its resumable state (Lightning's last.ckpt) in a work folder that is not a
 Snakemake output, so a rerun after an interruption continues; the folder remembers the
 configuration it belongs to, so a changed configuration starts over instead.
+
+Under DDP (`trainer.devices` > 1 or `num_nodes` > 1) every rank runs the stage script: only rank 0
+touches the work folder and prints, and every rank reaches the same resume decision from the same
+files, so that all of them load the same checkpoint.
 """
 
 from __future__ import annotations
@@ -14,28 +18,74 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import CSVLogger
 
 from mdgen.config import config_hash
 from mdgen.io import atomic_output
 
 
+def is_rank_zero() -> bool:
+    """Rank 0 of a DDP run (from the launcher's RANK or SLURM_PROCID), or the only process."""
+    return rank_zero_only.rank == 0
+
+
+def say(*args, **kwargs) -> None:
+    """print() on rank 0 only: a DDP run's log says each thing once."""
+    if is_rank_zero():
+        print(*args, **kwargs, flush=True)
+
+
 def prepare_work_dir(work_dir: Path, config: dict) -> Path | None:
-    """The checkpoint to resume from, if the saved state belongs to this configuration."""
+    """The checkpoint to resume from, if the saved state belongs to this configuration.
+
+    Rank 0 clears a stale folder and stamps it; other ranks only read. Whichever order they run in,
+    they agree: the stamp is replaced atomically, and after a clear there is no last.ckpt.
+    """
     stamp = work_dir / "config.json"
     fingerprint = config_hash(config)
-    if stamp.exists() and json.loads(stamp.read_text()).get("hash") != fingerprint:
-        print(f"The configuration changed since {work_dir} was written: starting over.")
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"hash": fingerprint, "config": config}, indent=1))
+    stale = stamp.exists() and json.loads(stamp.read_text()).get("hash") != fingerprint
     last = work_dir / "checkpoints" / "last.ckpt"
-    return last if last.exists() else None
+    resume_from = last if last.exists() and not stale else None
+    if is_rank_zero():
+        if stale:
+            print(f"The configuration changed since {work_dir} was written: starting over.")
+            shutil.rmtree(work_dir)
+        with atomic_output(stamp) as tmp:
+            tmp.write_text(json.dumps({"hash": fingerprint, "config": config}, indent=1))
+    return resume_from
 
 
-def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list, **overrides) -> pl.Trainer:
-    """A Trainer from a config's `trainer` section, logging to a new CSV version per run."""
+class DistinctNoisePerRank(pl.Callback):
+    """Under DDP, give each rank other random draws (diffusion noise and times, posterior samples).
+
+    Stages seed every rank alike, so that they build the same model; left so, all ranks would draw
+    the same noise for their different batches. Rank 0 keeps the stage's seed: one process trains
+    exactly as before.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_rank > 0:
+            torch.manual_seed(self.seed + 1_000_003 * trainer.global_rank)
+
+
+def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list, seed: int,
+                        find_unused_parameters: bool = False, **overrides) -> pl.Trainer:
+    """A Trainer from a config's `trainer` section, logging to a new CSV version per run.
+
+    More than one process (devices × num_nodes) means DDP; the launcher (torchrun or srun, see
+    workflow/rules/common.smk) has started them, and Lightning reads its environment.
+    `find_unused_parameters`: for modules whose backward passes leave some parameters without
+    gradients (the VA-VAE's generator and discriminator updates).
+    """
+    processes = trainer_config["devices"] * trainer_config["num_nodes"]
+    strategy = "auto" if processes == 1 else "ddp_find_unused_parameters_true" if find_unused_parameters else "ddp"
     settings = dict(
+        strategy=strategy,
         accelerator=trainer_config["accelerator"],
         devices=trainer_config["devices"],
         num_nodes=trainer_config["num_nodes"],
@@ -46,7 +96,7 @@ def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list, *
         log_every_n_steps=trainer_config["log_every_n_steps"],
         default_root_dir=work_dir,
         logger=CSVLogger(work_dir, name="logs"),
-        callbacks=callbacks,
+        callbacks=[*callbacks, DistinctNoisePerRank(seed)],
     )
     return pl.Trainer(**(settings | overrides))
 
@@ -54,7 +104,9 @@ def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list, *
 def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule, resume_from: Path | None, what: str) -> float:
     """Say where and how training runs, run it (resuming from `resume_from` when given), return its seconds."""
     device = trainer.accelerator.__class__.__name__.removesuffix("Accelerator")
-    print(f"Training {what} on {device} × {trainer.num_devices}, precision {trainer.precision}")
+    say(f"Training {what} on {device} × {trainer.num_devices}"
+        + (f" × {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else "")
+        + f" ({trainer.world_size} processes, {trainer.strategy.__class__.__name__}), precision {trainer.precision}")
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     return time.perf_counter() - start
