@@ -1,13 +1,15 @@
 # Two commands for a fresh machine (see README.md):
 #   make run    set up .venv if needed, then run the whole default pipeline and build its report
 #   make test   set up .venv if needed, then run the test suite
+#   make ci     what CI runs: the test suite with a real single-node SLURM cluster up (root, Debian),
+#               so that the pipeline's run through the cluster is tested too
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 # Rules call `python -m mdgen.<stage>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test setup clean
+.PHONY: run test ci setup clean
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores all
@@ -15,6 +17,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest
+
+# ci/slurm/up.sh installs SLURM from Debian's packages and starts its daemons; down.sh stops them
+# by PID, whatever the tests did. MDGEN_REQUIRE_SLURM turns "no cluster" into a failure, not a skip.
+ci: $(VENV)/.installed
+	bash ci/slurm/up.sh
+	MDGEN_REQUIRE_SLURM=1 $(BIN)/pytest; status=$$?; bash ci/slurm/down.sh; exit $$status
 
 setup: $(VENV)/.installed
 

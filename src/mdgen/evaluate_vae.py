@@ -63,8 +63,9 @@ def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, lab
     """Metrics over the loader, and (input, reconstruction) of the first image of every user."""
     model.eval()
     psnr, ssim, perceptual, latents, firsts = [], [], [], [], {}
+    device = next(model.parameters()).device
     for batch in tqdm(loader, desc=label, unit="batch", file=sys.stdout):
-        images = batch["image"]
+        images = batch["image"].to(device)
         posterior = model.encode(images)
         reconstructions = model.decode(posterior.mode()).clamp(-1, 1)
         x, y = (images + 1) / 2, (reconstructions + 1) / 2
@@ -73,9 +74,9 @@ def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, lab
         if lpips is not None:
             perceptual.append(lpips(images, reconstructions).flatten())
         latents.append(posterior.mode().transpose(0, 1).flatten(1))  # (C, B·h·w)
-        for user, image, reconstruction in zip(batch["user_id"], images, reconstructions):
+        for user, image, reconstruction in zip(batch["user_id"], images.cpu(), reconstructions.cpu()):
             firsts.setdefault(user, (image, reconstruction))
-    latents = torch.cat(latents, dim=1).double()
+    latents = torch.cat(latents, dim=1).double().cpu()
     metrics = {
         "psnr": torch.cat(psnr).mean().item(),
         "ssim": torch.cat(ssim).mean().item(),
@@ -102,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     size, channels = config["data"]["size"], config["data"]["channels"]
     dataset = MicroDopplerDataset(args.manifest, "val", size, channels)
     loader = DataLoader(dataset, batch_size=config["vae"]["batch_size"], shuffle=False)
-    print(f"Evaluating reconstructions of {len(dataset)} val spectrograms ({size}² × {channels})")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"Evaluating reconstructions of {len(dataset)} val spectrograms ({size}² × {channels}) on {device}")
 
     lpips = lpips_or_none(config)
+    lpips = lpips.to(device) if lpips is not None else None
     initial, initial_label = initial_model(config)
-    models = {initial_label: initial, "fine-tuned": load_vavae(args.vae, use_vf=None)}
+    models = {initial_label: initial.to(device), "fine-tuned": load_vavae(args.vae, use_vf=None).to(device)}
     results, reconstructions = {}, {}
     for label, model in models.items():
         results[label], reconstructions[label] = evaluate(model, loader, lpips, label)

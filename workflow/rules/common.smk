@@ -104,3 +104,58 @@ def pretrained_files(section):
         ),
     ]
     return [path for path in paths if path]
+
+
+def launch_settings(section):
+    """devices, num_nodes and accelerator of a stage: its Trainer's, or (sample) its own."""
+    return config[section].get("trainer", config[section])
+
+
+def launcher(section):
+    """The command that starts a stage script (`{launcher} -m mdgen.<stage>`): one process, or one
+    per device. On one node torchrun starts them (inside a SLURM job too: the plugin runs the job
+    as one task, and Lightning reads torchrun's environment before SLURM's). Over several nodes
+    srun starts devices tasks on each node of the job (the plugin's MPI route), and Lightning reads
+    SLURM's environment."""
+    settings = launch_settings(section)
+    devices, nodes = settings["devices"], settings["num_nodes"]
+    if nodes > 1:
+        need_job = f"num_nodes: {nodes} needs a SLURM job (snakemake --profile slurm)"
+        return f": ${{SLURM_JOB_ID:?{need_job}}}; srun --nodes={nodes} --ntasks-per-node={devices} --kill-on-bad-exit=1 python"
+    if devices > 1:
+        return f"torchrun --standalone --nnodes=1 --nproc-per-node={devices}"
+    return "python"
+
+
+def gpu_resources(rule, section=None):
+    """The resources of a GPU rule. GPUs (devices × num_nodes of `section`, else 1), CPUs per GPU,
+    and the memory and runtime config.resources gives the rule. A stage set to run on the CPU
+    asks for no GPU. See README, "Running on a cluster"."""
+    settings = (
+        launch_settings(section)
+        if section
+        else {"devices": 1, "num_nodes": 1, "accelerator": "auto"}
+    )
+    devices, nodes = settings["devices"], settings["num_nodes"]
+    asked = config["resources"]
+    job = dict(asked[rule])
+    if settings["accelerator"] == "cpu":
+        return job | {"cpus_per_task": asked["cpus_per_gpu"] * devices}
+    model = asked["gpu_model"]
+    if nodes == 1:  # sbatch --gpus=[model:]N --cpus-per-gpu=C
+        job |= {"gpu": devices, "cpus_per_gpu": asked["cpus_per_gpu"]}
+        return job | ({"gpu_model": model} if model else {})
+    # Several nodes: N tasks and N GPUs on each (sbatch --nodes=M --ntasks-per-node=N
+    # --gpus-per-node=N); the rule's srun starts the tasks. The plugin takes tasks_per_node only
+    # above 1, so one GPU per node is asked as M tasks of one per node.
+    per_node = f"{model}:{devices}" if model else f"{devices}"
+    job |= {"mpi": "srun", "nodes": nodes, "cpus_per_task": asked["cpus_per_gpu"]}
+    if devices > 1:
+        return job | {
+            "tasks_per_node": devices,
+            "slurm_extra": f"--gpus-per-node={per_node}",
+        }
+    return job | {
+        "tasks": nodes,
+        "slurm_extra": f"--gpus-per-node={per_node} --ntasks-per-node=1",
+    }

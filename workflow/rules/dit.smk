@@ -22,16 +22,15 @@ rule train_dit:
         "../envs/mdgen.yaml"
     threads: 4
     resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=3 * 24 * 60,
+        **gpu_resources("train_dit", "dit"),
     params:
+        launch=launcher("dit"),
         latents=lambda wildcards, input: Path(input.train).parent,
         out_dir=lambda wildcards, output: Path(output.dit).parent,
         config=stage_config("dit"),
         subset="",
     shell:
-        "python -m mdgen.train_dit --latents {params.latents} --vae {input.vae}"
+        "{params.launch} -m mdgen.train_dit --latents {params.latents} --vae {input.vae}"
         " --out-dir {params.out_dir} --config {params.config:q} {params.subset} > {log} 2>&1"
 
 
@@ -54,14 +53,13 @@ rule sample:
         "../envs/mdgen.yaml"
     threads: 4
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=12 * 60,
+        **gpu_resources("sample", "sample"),
     params:
+        launch=launcher("sample"),
         out_dir=lambda wildcards, output: Path(output.grid).parent,
         config=stage_config("sample"),
     shell:
-        "python -m mdgen.sample --dit {input.dit} --vae {input.vae} --out-dir {params.out_dir}"
+        "{params.launch} -m mdgen.sample --dit {input.dit} --vae {input.vae} --out-dir {params.out_dir}"
         " --config {params.config:q} > {log} 2>&1"
 
 
@@ -79,6 +77,7 @@ use rule train_dit as train_dit_low_data with:
     benchmark:
         "results/benchmarks/train_dit_k{k}.tsv"
     params:
+        launch=launcher("dit"),
         latents=lambda wildcards, input: Path(input.train).parent,
         out_dir=lambda wildcards, output: Path(output.dit).parent,
         config=stage_config("dit"),

@@ -16,9 +16,7 @@ rule extract_latents:
         "../envs/mdgen.yaml"
     threads: 4
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=120,
+        **gpu_resources("extract_latents"),
     params:
         out_dir=lambda wildcards, output: Path(output.train).parent,
         config=stage_config("latents"),

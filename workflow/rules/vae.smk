@@ -21,14 +21,13 @@ rule finetune_vae:
         "../envs/mdgen.yaml"
     threads: 4
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=24 * 60,
+        **gpu_resources("finetune_vae", "vae"),
     params:
+        launch=launcher("vae"),
         out_dir=lambda wildcards, output: Path(output.vae).parent,
         config=stage_config("vae"),
     shell:
-        "python -m mdgen.finetune_vae --manifest {input.manifest} --out-dir {params.out_dir}"
+        "{params.launch} -m mdgen.finetune_vae --manifest {input.manifest} --out-dir {params.out_dir}"
         " --config {params.config:q} > {log} 2>&1"
 
 
@@ -52,9 +51,7 @@ rule evaluate_vae:
         "../envs/mdgen.yaml"
     threads: 4
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **gpu_resources("evaluate_vae"),
     params:
         config=stage_config("vae"),
     shell:
