@@ -57,7 +57,7 @@ def result_files(workdir: Path) -> set[str]:
             if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks")}
 
 
-def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_path):
+def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_path, capsys):
     # The trainers on "auto" (the default), so the GPU rules ask for a GPU: the fake one of the CI
     # cluster, with no CUDA behind it, so Lightning trains on the CPU.
     config = yaml.safe_load(yaml.safe_dump(TINY))
@@ -73,7 +73,6 @@ def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run(command, cwd=slurm_dir, env=env, capture_output=True, text=True, timeout=TIMEOUT + 30)
     output = run.stdout + run.stderr
-    print(output[-20000:])  # in the CI log: the submissions, job ids and their states
     assert run.returncode == 0, output[-5000:]
 
     # Every stage was a SLURM job: the plugin's log names the run and each submission...
@@ -82,6 +81,10 @@ def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_
     assert len(submitted) == len(STAGES), output[-5000:]
     # ...and the accounting database has them, completed, GPU rules on the gpu partition with a GPU.
     jobs = {job["Comment"].removeprefix("rule_"): job for job in sacct_jobs(run_id)}
+    with capsys.disabled():  # into the test log (CI's too): what went through the scheduler
+        print(f"\nSLURM run {run_id}, as sacct records it:")
+        for rule, job in sorted(jobs.items(), key=lambda item: int(item[1]["JobID"])):
+            print(f"  job {job['JobID']:>5}  {rule:<20} {job['Partition']:<4} {job['State']:<10} {job['AllocTRES']}")
     assert set(jobs) == set(STAGES), jobs
     assert sorted(job["JobID"] for job in jobs.values()) == sorted(submitted)
     for rule, job in jobs.items():
@@ -96,3 +99,28 @@ def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_
     assert local.returncode == 0, local.stderr[-5000:]
     assert result_files(slurm_dir) == result_files(local_dir)
     assert len(result_files(slurm_dir)) > 30
+
+
+def test_srun_started_ddp_trains_on_one_node(cluster, tiny_latents, tmp_path):
+    """The multi-node route on the one node this cluster has: the command shape the rule builds for
+    num_nodes > 1 (srun starts devices tasks per node; Lightning takes ranks from SLURM's
+    environment), here with 2 CPU processes on 1 node."""
+    import json
+
+    from conftest import tiny_config
+
+    latents, vae = tiny_latents
+    config = tiny_config(dit={"trainer": {"max_steps": 4, "devices": 2}})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    stage = (f"srun --nodes=1 --ntasks-per-node=2 --kill-on-bad-exit=1 {sys.executable} -m mdgen.train_dit"
+             f" --latents {latents} --vae {vae} --out-dir {tmp_path / 'dit'} --config {tmp_path / 'config.json'}")
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run(["timeout", "-k", "10", "300", "sbatch", "--wait", "--parsable", "-A", "ci", "-p", "cpu",
+                             "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=3000", "-t", "10",
+                             "-o", str(tmp_path / "job.log"), "--wrap", stage],
+                            env=env, capture_output=True, text=True, timeout=330)
+    log = (tmp_path / "job.log").read_text() if (tmp_path / "job.log").exists() else ""
+    assert result.returncode == 0, result.stderr + log[-5000:]
+    assert "(2 processes, DDPStrategy)" in log, log[-5000:]
+    assert (tmp_path / "dit" / "dit.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "dit" / "training" / "logs").iterdir()) == ["version_0"]
