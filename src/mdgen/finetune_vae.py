@@ -23,8 +23,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from mdgen.config import load_config
-from mdgen.launch import die_with_launcher
 from mdgen.data.dataset import MicroDopplerDataset
+from mdgen.launch import die_with_launcher
 from mdgen.losses import FoundationModel, LPIPSWithDiscriminator, PerceptualLoss, build_lpips
 from mdgen.models.vavae import VAVAE, save_official
 from mdgen.plots import plot_curves

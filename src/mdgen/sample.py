@@ -29,9 +29,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from mdgen.config import load_config
-from mdgen.launch import die_with_launcher
 from mdgen.data.validation import user_id
 from mdgen.evaluate_vae import to_uint8
+from mdgen.launch import die_with_launcher
 from mdgen.models.vavae import load_vavae
 from mdgen.plots import image_grid
 from mdgen.train_dit import build_dit

@@ -23,10 +23,10 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mdgen.config import load_config
-from mdgen.launch import die_with_launcher
 from mdgen.data.dataset import per_user_subset
 from mdgen.data.latents import LatentDataModule
 from mdgen.io import atomic_output
+from mdgen.launch import die_with_launcher
 from mdgen.models.lightningdit import create_model
 from mdgen.plots import plot_curves
 from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config

@@ -41,15 +41,19 @@ def prepare_work_dir(work_dir: Path, config: dict) -> Path | None:
     """The checkpoint to resume from, if the saved state belongs to this configuration.
 
     Rank 0 clears a stale folder and stamps it; other ranks only read. Whichever order they run in,
-    they agree: the stamp is replaced atomically, and after a clear there is no last.ckpt.
+    they agree: the stamp is replaced atomically, a checkpoint is trusted only next to a stamp of
+    this configuration, and after a clear there is no last.ckpt.
     """
     stamp = work_dir / "config.json"
     fingerprint = config_hash(config)
-    stale = stamp.exists() and json.loads(stamp.read_text()).get("hash") != fingerprint
+    try:
+        saved = json.loads(stamp.read_text()).get("hash")
+    except FileNotFoundError:  # a new folder, or one that rank 0 is clearing
+        saved = None
     last = work_dir / "checkpoints" / "last.ckpt"
-    resume_from = last if last.exists() and not stale else None
+    resume_from = last if saved == fingerprint and last.exists() else None
     if is_rank_zero():
-        if stale:
+        if saved is not None and saved != fingerprint:
             print(f"The configuration changed since {work_dir} was written: starting over.")
             shutil.rmtree(work_dir)
         with atomic_output(stamp) as tmp:
