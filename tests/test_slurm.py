@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,12 +58,35 @@ def result_files(workdir: Path) -> set[str]:
             if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks")}
 
 
+def kill_when_checkpointed(run: subprocess.Popen, slurm_dir: Path, rule: str, step: int) -> int:
+    """Once the rule's last.ckpt holds `step`, SIGKILL the job's training process, as the
+    out-of-memory killer or a hand would; return the job's id.
+
+    (Not `scancel`: sacct then says "CANCELLED by <uid>", which the plugin (2.8) does not take for
+    an end, and Snakemake would wait forever; see README, Known limits.)
+    """
+    import torch
+
+    last = slurm_dir / "results" / "dit" / "training" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and run.poll() is None:
+        if last.exists() and torch.load(last, weights_only=False)["global_step"] >= step:
+            queue = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, timeout=60).stdout
+            job_id = next(line.split()[0] for line in queue.splitlines() if line.split()[1] == f"rule_{rule}")
+            subprocess.run(["pkill", "-KILL", "-f", f"mdgen[.]{rule} .*--out-dir results/"], check=True, timeout=60)
+            return int(job_id)
+        time.sleep(0.5)
+    pytest.fail(f"{rule} wrote no checkpoint at step {step} (snakemake exit status {run.poll()})")
+
+
 def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_path, capsys):
     # The trainers on "auto" (the default), so the GPU rules ask for a GPU: the fake one of the CI
-    # cluster, with no CUDA behind it, so Lightning trains on the CPU.
+    # cluster, with no CUDA behind it, so Lightning trains on the CPU. The DiT trains long enough
+    # to be killed mid-run.
     config = yaml.safe_load(yaml.safe_dump(TINY))
     for section in ("vae", "dit"):
         config[section]["trainer"]["accelerator"] = "auto"
+    config["dit"]["trainer"]["max_steps"] = 600
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_dir.mkdir()
     local_dir.mkdir()
@@ -71,33 +95,49 @@ def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_
                "-d", str(slurm_dir), "--profile", str(REPO / "slurm"), "--profile", str(REPO / "ci/slurm/profile"),
                "--configfile", str(slurm_dir / "test.yaml")]
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run(command, cwd=slurm_dir, env=env, capture_output=True, text=True, timeout=TIMEOUT + 30)
-    output = run.stdout + run.stderr
+    with open(tmp_path / "snakemake.log", "w") as log:
+        run = subprocess.Popen(command, cwd=slurm_dir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            # The training dies mid-run: the profile's retry must resume it.
+            killed = kill_when_checkpointed(run, slurm_dir, "train_dit", step=8)
+            run.wait(timeout=TIMEOUT + 30)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    output = (tmp_path / "snakemake.log").read_text()
     assert run.returncode == 0, output[-5000:]
 
     # Every stage was a SLURM job: the plugin's log names the run and each submission...
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
-    assert len(submitted) == len(STAGES), output[-5000:]
-    # ...and the accounting database has them, completed, GPU rules on the gpu partition with a GPU.
-    jobs = {job["Comment"].removeprefix("rule_"): job for job in sacct_jobs(run_id)}
+    assert len(submitted) == len(STAGES) + 1, output[-5000:]  # train_dit twice
+    # ...and the accounting database has them: GPU rules on the gpu partition with a GPU, the
+    # killed train_dit followed by its retry, which resumed from the checkpoint.
+    jobs = sorted(sacct_jobs(run_id), key=lambda job: int(job["JobID"]))
     with capsys.disabled():  # into the test log (CI's too): what went through the scheduler
         print(f"\nSLURM run {run_id}, as sacct records it:")
-        for rule, job in sorted(jobs.items(), key=lambda item: int(item[1]["JobID"])):
-            print(f"  job {job['JobID']:>5}  {rule:<20} {job['Partition']:<4} {job['State']:<10} {job['AllocTRES']}")
-    assert set(jobs) == set(STAGES), jobs
-    assert sorted(job["JobID"] for job in jobs.values()) == sorted(submitted)
-    for rule, job in jobs.items():
+        for job in jobs:
+            print(f"  job {job['JobID']:>5}  {job['Comment'].removeprefix('rule_'):<20} {job['Partition']:<4} "
+                  f"{job['State']:<10} {job['AllocTRES']}")
+    assert sorted(job["JobID"] for job in jobs) == sorted(submitted)
+    rules = [job["Comment"].removeprefix("rule_") for job in jobs]
+    assert sorted(rules) == sorted([*STAGES, "train_dit"]), rules
+    for rule, job in zip(rules, jobs, strict=True):
+        if int(job["JobID"]) == killed:
+            assert rule == "train_dit" and job["State"] == "FAILED", job
+            continue
         assert job["State"] == "COMPLETED", job
         if rule in GPU_RULES:
             assert job["Partition"] == "gpu" and "gres/gpu=1" in job["AllocTRES"], job
         else:
             assert job["Partition"] == "cpu" and "gres/gpu" not in job["AllocTRES"], job
+    assert "Resuming from" in (slurm_dir / "results/logs/train_dit.log").read_text()
 
     # The same outputs as a local run.
     local = snakemake(local_dir, "--cores", "2", config=config)
     assert local.returncode == 0, local.stderr[-5000:]
-    assert result_files(slurm_dir) == result_files(local_dir)
+    resumed_log = {"dit/training/logs/version_1/metrics.csv", "dit/training/logs/version_1/hparams.yaml"}
+    assert result_files(slurm_dir) == result_files(local_dir) | resumed_log
     assert len(result_files(slurm_dir)) > 30
 
 
