@@ -1,8 +1,10 @@
-"""The tiny pipeline through a real SLURM cluster with the project's profile (`--profile slurm`).
+"""A real SLURM cluster: the tiny pipeline with the project's profile (`--profile slurm`), one of its
+trainings killed midway and resumed by the profile's retry; and the several-nodes launch (srun)
+on the one node there is.
 
 Needs a cluster that answers `sinfo`, with the account, partitions and fake GPU of
-ci/slurm/up.sh (`make ci` brings one up as root). Without one the test is skipped, saying why;
-with MDGEN_REQUIRE_SLURM=1 (CI) it fails instead.
+ci/slurm/up.sh (`make ci` brings one up as root). Without one these tests are skipped, saying
+why; with MDGEN_REQUIRE_SLURM=1 (CI) they fail instead.
 """
 
 import os
