@@ -43,7 +43,7 @@ def planned(tmp_path, **changes) -> dict[str, tuple[dict, str, int]]:
     for block in re.split(r"\n(?=rule )", result.stdout + result.stderr):
         name = re.match(r"rule (\w+):", block)
         resources = re.search(r"^\s+resources: (.*)$", block, re.M)
-        shell = re.search(r"^Shell command: (.*)$", block, re.M) or re.search(r"^\s{4}(\S.*-m mdgen\..*)$", block, re.M)
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
         threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
         if name and resources:
             values = dict(item.split("=", 1) for item in resources.group(1).split(", "))

@@ -75,6 +75,8 @@ def test_default_config_plans_the_whole_dag():
         ({"data": {"size": 40}}, "Invalid config at data.size: 40 is not a multiple of 16"),
         ({"data": {"source": "folder"}}, "Invalid config at data.root: None is not of type 'string'"),
         ({"simulator": {"prf_hz": -1}}, "Invalid config at simulator.prf_hz: -1 is less than or equal to the minimum of 0"),
+        ({"dit": {"trainer": {"devices": 0}}}, "Invalid config at dit.trainer.devices: 0 is less than the minimum of 1"),
+        ({"resources": {"gpu_model": "a 100"}}, "Invalid config at resources.gpu_model: 'a 100' does not match"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key_named(tmp_path, change, message):

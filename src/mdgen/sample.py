@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     fabric.barrier()  # every user's folder is complete
     if fabric.is_global_zero:
         elapsed = time.perf_counter() - start
-        grid_rows = [[np.asarray(Image.open(path)) for path in sample_files(args.out_dir / user_id(u))[: settings["grid_per_user"]]]
-                     for u in range(num_users)]
-        total = sum(len(sample_files(args.out_dir / user_id(u))) for u in range(num_users))
+        written = [sample_files(args.out_dir / user_id(u)) for u in range(num_users)]
+        grid_rows = [[np.asarray(Image.open(path)) for path in files[: settings["grid_per_user"]]] for files in written]
+        total = sum(map(len, written))
         image_grid(grid_rows, [user_id(u) for u in range(num_users)], [], args.out_dir / "grid.png",
                    title=f"Generated spectrograms, one row per user (cfg {settings['cfg_scale']})", cell_inches=1.0)
         print(f"Wrote {total} samples to {args.out_dir}/user_NN/ and grid.png in {elapsed:.0f} s "
