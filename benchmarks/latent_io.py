@@ -2,7 +2,7 @@
 
     python benchmarks/latent_io.py [--images 256] [--latents 10000] [--shard-size 2500] [--reads 5000]
 
-(a) `python -m mdgen.extract_latents` end to end (VAE load, PNG decoding, encoding, zarr writes,
+(a) `python -m mdgen.stages.extract_latents` end to end (VAE load, PNG decoding, encoding, zarr writes,
     the check against the manifest) on synthetic 128×128×3 images with a VA-VAE of the default
     config. The weights are random: the speed does not depend on them.
 (b) Reading `--latents` latents of 32×8×8 one item at a time in random order, as a DataLoader
@@ -23,12 +23,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mdgen import extract_latents
 from mdgen.config import load_config
 from mdgen.data.latents import LatentDataset, LatentStoreWriter
 from mdgen.data.validation import user_id, validate_dataset, write_manifest
-from mdgen.finetune_vae import vae_kwargs
-from mdgen.models.vavae import VAVAE, save_official
+from mdgen.models.vavae import save_official, VAVAE, vavae_kwargs
+from mdgen.stages import extract_latents
 
 REPO = Path(__file__).resolve().parents[1]
 USERS = 8
@@ -55,18 +54,29 @@ def extraction(work: Path, count: int) -> float:
     config = load_config(str(REPO / "config" / "config.yaml"), "data", "vae")
     size, channels = config["data"]["size"], config["data"]["channels"]
     torch.manual_seed(0)
-    vae = VAVAE(**vae_kwargs(config))
-    save_official(work / "vavae.pt", vae, {"model": vae_kwargs(config), **config})
+    vae = VAVAE(**vavae_kwargs(config))
+    save_official(work / "vavae.pt", vae, {"model": vavae_kwargs(config), **config})
     write_images(work / "images", count, size)
-    result = validate_dataset(work / "images", num_classes=USERS, channels=channels, size=size,
-                              max_pixels=config["data"]["max_pixels"])
+    result = validate_dataset(
+        work / "images", num_classes=USERS, channels=channels, size=size, max_pixels=config["data"]["max_pixels"]
+    )
     if result.errors:
         raise RuntimeError(f"synthetic images failed validation: {result.errors[:3]}")
     write_manifest(result.rows, work / "manifest.csv")
     stage_config = {"data": {"size": size, "channels": channels, "num_classes": USERS}, "latents": {}}
     start = time.perf_counter()
-    extract_latents.main(["--manifest", str(work / "manifest.csv"), "--vae", str(work / "vavae.pt"),
-                          "--out-dir", str(work / "latents"), "--config", json.dumps(stage_config)])
+    extract_latents.main(
+        [
+            "--manifest",
+            str(work / "manifest.csv"),
+            "--vae",
+            str(work / "vavae.pt"),
+            "--out-dir",
+            str(work / "latents"),
+            "--config",
+            json.dumps(stage_config),
+        ]
+    )
     return count / (time.perf_counter() - start)
 
 
@@ -76,14 +86,27 @@ def extraction(work: Path, count: int) -> float:
 
 
 def write_ours(path: Path, latents: np.ndarray, labels: np.ndarray) -> None:
-    writer = LatentStoreWriter(path, labels.tolist(), [f"img_{i:05d}.png" for i in range(len(labels))], "float32",
-                               chunk_size=64)
+    writer = LatentStoreWriter(
+        path, labels.tolist(), [f"img_{i:05d}.png" for i in range(len(labels))], "float32", chunk_size=64
+    )
     for start in range(0, len(latents), 32):
         writer.append(latents[start : start + 32])
     values = latents.astype(np.float64)
-    writer.finish({"mean": values.mean(axis=(0, 2, 3)).tolist(), "std": values.std(axis=(0, 2, 3)).tolist(),
-                   "vae_sha256": "0" * 64, "vae_config": {}, "image_size": 128, "channels": 3,
-                   "sample_posterior": True, "dtype": "float32", "split": "train", "count_per_user": {}, "seed": 0})
+    writer.finish(
+        {
+            "mean": values.mean(axis=(0, 2, 3)).tolist(),
+            "std": values.std(axis=(0, 2, 3)).tolist(),
+            "vae_sha256": "0" * 64,
+            "vae_config": {},
+            "image_size": 128,
+            "channels": 3,
+            "sample_posterior": True,
+            "dtype": "float32",
+            "split": "train",
+            "count_per_user": {},
+            "seed": 0,
+        }
+    )
 
 
 def write_official(folder: Path, latents: np.ndarray, labels: np.ndarray, shard_size: int) -> None:
@@ -91,10 +114,15 @@ def write_official(folder: Path, latents: np.ndarray, labels: np.ndarray, shard_
     folder.mkdir(parents=True)
     for shard, start in enumerate(range(0, len(latents), shard_size)):
         z = torch.from_numpy(latents[start : start + shard_size])
-        save_file({"latents": z, "latents_flip": z.flip(-1).contiguous(),
-                   "labels": torch.from_numpy(labels[start : start + shard_size])},
-                  str(folder / f"latents_rank00_shard{shard:03d}.safetensors"),
-                  metadata={"total_size": str(len(z)), "dtype": str(z.dtype), "device": "cpu"})
+        save_file(
+            {
+                "latents": z,
+                "latents_flip": z.flip(-1).contiguous(),
+                "labels": torch.from_numpy(labels[start : start + shard_size]),
+            },
+            str(folder / f"latents_rank00_shard{shard:03d}.safetensors"),
+            metadata={"total_size": str(len(z)), "dtype": str(z.dtype), "device": "cpu"},
+        )
 
 
 class OfficialLatentDataset:
@@ -150,8 +178,9 @@ def reading(work: Path, count: int, shard_size: int, reads: int) -> dict[str, fl
         "ours, in memory (random order)": items_per_second(ours, order),
         # A chunk read per item: fewer items keep the run short.
         "ours, chunked (random order, 1000 items)": items_per_second(chunked, order[:1000]),
-        "ours, chunked (sequential)": items_per_second(LatentDataset(work / "train.zarr", memory_limit_mb=0),
-                                                       np.arange(min(reads, count))),
+        "ours, chunked (sequential)": items_per_second(
+            LatentDataset(work / "train.zarr", memory_limit_mb=0), np.arange(min(reads, count))
+        ),
         "official safetensors (random order)": items_per_second(official, order),
     }
 
@@ -171,8 +200,10 @@ def main() -> None:
         rates = reading(Path(tmp) / "read", args.latents, args.shard_size, args.reads)
         extraction_rate = extraction(Path(tmp) / "extract", args.images)
 
-    print(f"\n(a) extract_latents end to end, {args.images} images 128×128×3, default VA-VAE: "
-          f"{extraction_rate:.1f} images/s")
+    print(
+        f"\n(a) extract_latents end to end, {args.images} images 128×128×3, default VA-VAE: "
+        f"{extraction_rate:.1f} images/s"
+    )
     print(f"(b) reading {args.reads} of {args.latents} latents 32×8×8 item by item:")
     for name, rate in rates.items():
         print(f"    {name:<42}{rate:12,.0f} samples/s  ({1e6 / rate:8.1f} µs per sample)")

@@ -3,7 +3,7 @@
     python benchmarks/simulator_speed.py [--users 31] [--per-user 32] [--workers 2] [--size 128]
 
 Prints the time of each step of one recording (kinematics + radar return, STFT, image) and the
-throughput of `python -m mdgen.simulate_dataset` on the default set with 1 and N workers.
+throughput of `python -m mdgen.stages.simulate_dataset` on the default set with 1 and N workers.
 """
 
 import argparse
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mdgen.data import simulator as sim
-from mdgen.simulate_dataset import main as simulate
+from mdgen.stages.simulate_dataset import main as simulate
 
 
 def per_step(size: int, repeats: int = 20) -> None:
@@ -40,8 +40,22 @@ def per_step(size: int, repeats: int = 20) -> None:
 def stage(users: int, per_user: int, workers: int, size: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        simulate(["--out", str(Path(tmp) / "sim"), "--num-users", str(users), "--train-per-user", str(per_user - per_user // 4),
-                  "--val-per-user", str(per_user // 4), "--size", str(size), "--workers", str(workers)])
+        simulate(
+            [
+                "--out",
+                str(Path(tmp) / "sim"),
+                "--num-users",
+                str(users),
+                "--train-per-user",
+                str(per_user - per_user // 4),
+                "--val-per-user",
+                str(per_user // 4),
+                "--size",
+                str(size),
+                "--workers",
+                str(workers),
+            ]
+        )
         return users * per_user / (time.perf_counter() - start)
 
 

@@ -1,13 +1,14 @@
 """Shared test helpers: the default config with tiny sizes, and a tiny simulated data set."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mdgen.data.validation import validate_dataset, write_manifest
-from mdgen.simulate_dataset import main as simulate
+from mdgen.stages.simulate_dataset import main as simulate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,9 @@ def deep_update(base: dict, changes: dict) -> dict:
     """A copy of `base` with nested `changes` applied."""
     merged = copy.deepcopy(base)
     for key, value in changes.items():
-        merged[key] = deep_update(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            deep_update(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -53,15 +56,40 @@ def tiny_config(**changes) -> dict:
     return deep_update(deep_update(default, TINY), changes)
 
 
+def write_vae_eval(path, settings, accuracy=0.5):
+    """An eval.json as evaluate_vae writes it, with a known identity table for these settings."""
+    step = {"mean": accuracy, "std": 0.0, "runs": [accuracy] * len(settings["seeds"])}
+    size, seeds = settings["classifier"]["size"], settings["seeds"]
+    judge = f"evaluation classifier (cnn, {size} px) trained on real train, seeds {seeds}"
+    table = {"judge": judge, "chance": 1 / 3, "real_val": step, "reconstructions": step, "reconstruction_judge": step}
+    path.write_text(json.dumps({"identity": table}))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory) -> Path:
     """A validated manifest of 3 simulated users, 4 train + 2 val spectrograms each, 32×32×3."""
     root = tmp_path_factory.mktemp("tiny_data")
     config = tiny_config()
-    simulate(["--out", str(root / "synthetic"), "--num-users", "3", "--train-per-user", "4", "--val-per-user", "2",
-              "--size", "32", "--workers", "1"])
-    result = validate_dataset(root / "synthetic", num_classes=3, channels=3, size=32,
-                              max_pixels=config["data"]["max_pixels"])
+    simulate(
+        [
+            "--out",
+            str(root / "synthetic"),
+            "--num-users",
+            "3",
+            "--train-per-user",
+            "4",
+            "--val-per-user",
+            "2",
+            "--size",
+            "32",
+            "--workers",
+            "1",
+        ]
+    )
+    result = validate_dataset(
+        root / "synthetic", num_classes=3, channels=3, size=32, max_pixels=config["data"]["max_pixels"]
+    )
     assert not result.errors
     write_manifest(result.rows, root / "manifest.csv")
     return root / "manifest.csv"
@@ -74,14 +102,26 @@ def tiny_latents(tiny_manifest, tmp_path_factory) -> tuple[Path, Path]:
 
     import torch
 
-    from mdgen.extract_latents import main as extract
-    from mdgen.finetune_vae import vae_kwargs
-    from mdgen.models.vavae import VAVAE, save_official
+    from mdgen.models.vavae import save_official, VAVAE, vavae_kwargs
+    from mdgen.stages.extract_latents import main as extract
 
     root = tmp_path_factory.mktemp("tiny_latents")
     config = tiny_config()
     torch.manual_seed(0)
-    save_official(root / "vavae.pt", VAVAE(**vae_kwargs(config)), {"model": vae_kwargs(config), **config})
-    assert extract(["--manifest", str(tiny_manifest), "--vae", str(root / "vavae.pt"), "--out-dir", str(root / "latents"),
-                    "--config", json.dumps(config)]) == 0
+    save_official(root / "vavae.pt", VAVAE(**vavae_kwargs(config)), {"model": vavae_kwargs(config), **config})
+    assert (
+        extract(
+            [
+                "--manifest",
+                str(tiny_manifest),
+                "--vae",
+                str(root / "vavae.pt"),
+                "--out-dir",
+                str(root / "latents"),
+                "--config",
+                json.dumps(config),
+            ]
+        )
+        == 0
+    )
     return root / "latents", root / "vavae.pt"

@@ -1,6 +1,6 @@
 """Run a stage script under DDP and record, per rank, what that rank saw (for tests/test_ddp.py).
 
-    torchrun --standalone --nproc-per-node 2 tests/ddp_probe.py RECORD_DIR mdgen.train_dit ARGS...
+    torchrun --standalone --nproc-per-node 2 tests/ddp_probe.py RECORD_DIR mdgen.stages.train_dit ARGS...
 
 Writes RECORD_DIR/rank<R>.json: the train items the rank's data loader fetched (in order) and the
 rank's own values of the logged training loss (before Lightning averages them over the ranks).

@@ -5,11 +5,19 @@ import pytest
 import torch
 from PIL import Image
 
-from mdgen.classifier import ARCHITECTURES, Recipe, build_classifier, embed, load_images, predict, train_classifier
 from mdgen.data.dataset import class_label
 from mdgen.data.images import ConversionError
 from mdgen.data.validation import read_manifest, validate_dataset, write_manifest
-from mdgen.simulate_dataset import main as simulate
+from mdgen.evaluation.classifier import (
+    ARCHITECTURES,
+    build_classifier,
+    embed,
+    load_images,
+    predict,
+    Recipe,
+    train_classifier,
+)
+from mdgen.stages.simulate_dataset import main as simulate
 
 NUM_USERS = 6
 
@@ -28,8 +36,24 @@ def one_thread():
 def simulated(tmp_path_factory, one_thread) -> dict:
     """6 simulated users, 16 train + 8 val spectrograms each, 64×64×3, loaded as tensors."""
     root = tmp_path_factory.mktemp("classifier_data")
-    simulate(["--out", str(root / "data"), "--num-users", str(NUM_USERS), "--train-per-user", "16",
-              "--val-per-user", "8", "--size", "64", "--seed", "0", "--workers", "1"])
+    simulate(
+        [
+            "--out",
+            str(root / "data"),
+            "--num-users",
+            str(NUM_USERS),
+            "--train-per-user",
+            "16",
+            "--val-per-user",
+            "8",
+            "--size",
+            "64",
+            "--seed",
+            "0",
+            "--workers",
+            "1",
+        ]
+    )
     result = validate_dataset(root / "data", num_classes=NUM_USERS, channels=3, size=64, max_pixels=10**6)
     assert not result.errors
     write_manifest(result.rows, root / "manifest.csv")

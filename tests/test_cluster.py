@@ -11,8 +11,7 @@ import yaml
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command
 from snakemake_executor_plugin_slurm.utils import set_gres_string
 from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
-
-from test_workflow import REPO, TINY, snakemake
+from test_workflow import REPO, snakemake, TINY
 
 
 class Resources(dict):
@@ -54,10 +53,18 @@ def planned(tmp_path, **changes) -> dict[str, tuple[dict, str, int]]:
 
 def sbatch(resources: dict, threads: int) -> str:
     """The sbatch command the plugin would run for a job with these resources."""
-    job = Job({k: v for k, v in resources.items() if k not in ("tmpdir", "mem", "mem_mib", "disk", "disk_mib")}, threads)
+    job = Job(
+        {k: v for k, v in resources.items() if k not in ("tmpdir", "mem", "mem_mib", "disk", "disk_mib")}, threads
+    )
     validate_slurm_extra(job)  # what the plugin checks before submitting
-    params = {"run_uuid": "run", "slurm_logfile": "log", "comment_str": "rule", "account": "-A acct",
-              "partition": "-p gpu", "workdir": "/work"}
+    params = {
+        "run_uuid": "run",
+        "slurm_logfile": "log",
+        "comment_str": "rule",
+        "account": "-A acct",
+        "partition": "-p gpu",
+        "workdir": "/work",
+    }
     return get_submit_command(job, params) + set_gres_string(job)
 
 
@@ -68,35 +75,45 @@ def test_one_gpu_by_default(tmp_path):
         command = sbatch(resources, threads)
         assert "--gpus=1" in command and "--cpus-per-gpu=4" in command and "--nodes" not in command, (rule, command)
         assert re.search(r"--mem \d+ ", command) and re.search(r"-t '?\d+", command), command
-    assert jobs["train_dit"][1].startswith("python -m mdgen.train_dit ")
+    assert jobs["train_dit"][1].startswith("python -m mdgen.stages.train_dit ")
     for rule in ("simulate_dataset", "validate_dataset", "evaluate_generation"):
         assert "gpu" not in jobs[rule][0] and "--gpus" not in sbatch(*jobs[rule][0:3:2]), rule
 
 
 def test_several_gpus_in_one_job_are_started_by_torchrun(tmp_path):
-    jobs = planned(tmp_path, vae={"trainer": {"accelerator": "auto", "devices": 2}},
-                   dit={"trainer": {"accelerator": "gpu", "devices": 4}}, sample={"devices": 2},
-                   resources={"gpu_model": "h100", "cpus_per_gpu": 6, "train_dit": {"mem_mb": 64000, "runtime": 4320}})
+    jobs = planned(
+        tmp_path,
+        vae={"trainer": {"accelerator": "auto", "devices": 2}},
+        dit={"trainer": {"accelerator": "gpu", "devices": 4}},
+        sample={"devices": 2},
+        resources={"gpu_model": "h100", "cpus_per_gpu": 6, "train_dit": {"mem_mb": 64000, "runtime": 4320}},
+    )
     resources, shell, threads = jobs["train_dit"]
     command = sbatch(resources, threads)
     assert "--gpus=h100:4" in command and "--cpus-per-gpu=6" in command, command
     assert "--mem 64000" in command and "-t 4320" in command, command
-    assert shell.startswith("torchrun --standalone --nnodes=1 --nproc-per-node=4 -m mdgen.train_dit "), shell
-    assert jobs["finetune_vae"][1].startswith("torchrun --standalone --nnodes=1 --nproc-per-node=2 -m mdgen.finetune_vae ")
-    assert jobs["sample"][1].startswith("torchrun --standalone --nnodes=1 --nproc-per-node=2 -m mdgen.sample ")
+    assert shell.startswith("torchrun --standalone --nnodes=1 --nproc-per-node=4 -m mdgen.stages.train_dit "), shell
+    assert jobs["finetune_vae"][1].startswith(
+        "torchrun --standalone --nnodes=1 --nproc-per-node=2 -m mdgen.stages.finetune_vae "
+    )
+    assert jobs["sample"][1].startswith("torchrun --standalone --nnodes=1 --nproc-per-node=2 -m mdgen.stages.sample ")
     assert "--gpus=h100:2" in sbatch(*jobs["sample"][0:3:2])
 
 
 def test_several_nodes_take_the_mpi_route(tmp_path):
-    jobs = planned(tmp_path, dit={"trainer": {"accelerator": "gpu", "devices": 8, "num_nodes": 4}},
-                   sample={"devices": 1, "num_nodes": 2}, resources={"gpu_model": "h100"})
+    jobs = planned(
+        tmp_path,
+        dit={"trainer": {"accelerator": "gpu", "devices": 8, "num_nodes": 4}},
+        sample={"devices": 1, "num_nodes": 2},
+        resources={"gpu_model": "h100"},
+    )
     resources, shell, threads = jobs["train_dit"]
     assert resources["mpi"] == "srun"
     command = sbatch(resources, threads)
     for flag in ("--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=h100:8", "--cpus-per-task=4"):
         assert flag in command, (flag, command)
     assert "--gpus=" not in command and "--ntasks-per-gpu" not in command, command
-    assert "srun --nodes=4 --ntasks-per-node=8 --kill-on-bad-exit=1 python -m mdgen.train_dit " in shell, shell
+    assert "srun --nodes=4 --ntasks-per-node=8 --kill-on-bad-exit=1 python -m mdgen.stages.train_dit " in shell, shell
 
     # One GPU on each of 2 nodes: the plugin takes tasks_per_node only above 1.
     command = sbatch(*jobs["sample"][0:3:2])
@@ -107,10 +124,11 @@ def test_several_nodes_take_the_mpi_route(tmp_path):
 
 def test_several_nodes_without_slurm_stop_with_a_message(tmp_path):
     jobs = planned(tmp_path, dit={"trainer": {"accelerator": "gpu", "devices": 2, "num_nodes": 2}})
-    launch = jobs["train_dit"][1].split(" -m mdgen.train_dit")[0]
+    launch = jobs["train_dit"][1].split(" -m mdgen.stages.train_dit")[0]
     env = {"PATH": "/usr/bin:/bin"}  # no SLURM_JOB_ID: not inside a SLURM job
-    result = subprocess.run(["bash", "-c", launch.replace("python", f"{sys.executable} -c pass")], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", "-c", launch.replace("python", f"{sys.executable} -c pass")], env=env, capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert "num_nodes: 2 needs a SLURM job (snakemake --profile slurm)" in result.stderr
 
@@ -125,8 +143,13 @@ def test_cpu_stages_ask_for_no_gpu(tmp_path):
 
 @pytest.mark.parametrize("profile_args", [["--profile", "slurm"]])
 def test_slurm_profile_plans_the_whole_dag_from_the_repository_root(profile_args):
-    result = subprocess.run([sys.executable, "-m", "snakemake", *profile_args, "-n", "--forceall"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *profile_args, "-n", "--forceall"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Using profile slurm" in output

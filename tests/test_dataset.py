@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mdgen.data.dataset import MicroDopplerDataset, class_label
+from mdgen.data.dataset import class_label, MicroDopplerDataset
 from mdgen.data.validation import read_manifest, validate_dataset, write_manifest
 
 

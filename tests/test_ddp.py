@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import REPO, tiny_config
+from PIL import Image
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
 TIMEOUT = 300
@@ -27,14 +26,27 @@ TIMEOUT = 300
 
 def torchrun(processes: int) -> list[str]:
     """The launcher the rules use for more than one device (workflow/rules/common.smk)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc-per-node", str(processes)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(processes),
+    ]
 
 
 def run_probed(records: Path, stage: str, args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}"}
-    result = subprocess.run([*torchrun(processes), str(PROBE), str(records), stage, *args], env=env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [*torchrun(processes), str(PROBE), str(records), stage, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -74,8 +86,11 @@ def ddp_dit(tiny_latents, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_dit")
     config = tiny_config(dit={"trainer": {"max_steps": 6, "devices": 2}})
     latents, vae = tiny_latents
-    run_probed(out / "records", "mdgen.train_dit", ["--latents", str(latents), "--vae", str(vae),
-                                                     "--out-dir", str(out / "dit"), "--config", json.dumps(config)])
+    run_probed(
+        out / "records",
+        "mdgen.stages.train_dit",
+        ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(out / "dit"), "--config", json.dumps(config)],
+    )
     return out / "dit", out / "records", config
 
 
@@ -85,23 +100,38 @@ def test_ddp_dit_training_shards_the_data_and_averages_the_logged_loss(ddp_dit):
     # 12 train latents: 6 per rank, one batch of 4 per epoch (the partial batch is dropped).
     assert_ranks_split_the_data(ranks, per_epoch=4, epochs=6)
     assert_logged_loss_is_the_rank_mean(ranks, out / "metrics.csv", "train/loss")
-    assert files_under(out) == ["curves.png", "dit.pt", "metrics.csv", "training/checkpoints/last.ckpt",
-                                "training/config.json", "training/logs/version_0/hparams.yaml",
-                                "training/logs/version_0/metrics.csv"]
+    assert files_under(out) == [
+        "curves.png",
+        "dit.pt",
+        "metrics.csv",
+        "training/checkpoints/last.ckpt",
+        "training/config.json",
+        "training/logs/version_0/hparams.yaml",
+        "training/logs/version_0/metrics.csv",
+    ]
     assert torch.load(out / "dit.pt", weights_only=True)["config"]["dit"]["trainer"]["devices"] == 2
 
 
 def test_ddp_vae_training_shards_the_data_and_averages_the_logged_loss(tiny_manifest, tmp_path):
     config = tiny_config(vae={"trainer": {"max_steps": 8, "devices": 2}})
-    run_probed(tmp_path / "records", "mdgen.finetune_vae", ["--manifest", str(tiny_manifest), "--out-dir",
-                                                            str(tmp_path / "vae"), "--config", json.dumps(config)])
+    run_probed(
+        tmp_path / "records",
+        "mdgen.stages.finetune_vae",
+        ["--manifest", str(tiny_manifest), "--out-dir", str(tmp_path / "vae"), "--config", json.dumps(config)],
+    )
     ranks = rank_records(tmp_path / "records")
     assert_ranks_split_the_data(ranks, per_epoch=4, epochs=4)  # 8 optimizer steps = 4 batches
     assert_logged_loss_is_the_rank_mean(ranks, tmp_path / "vae" / "metrics.csv", "train/rec_loss")
     assert files_under(tmp_path / "vae") == [
-        "curves.png", "metrics.csv", "training/checkpoints/best.ckpt", "training/checkpoints/last.ckpt",
-        "training/config.json", "training/logs/version_0/hparams.yaml", "training/logs/version_0/metrics.csv",
-        "vavae.pt"]
+        "curves.png",
+        "metrics.csv",
+        "training/checkpoints/best.ckpt",
+        "training/checkpoints/last.ckpt",
+        "training/config.json",
+        "training/logs/version_0/hparams.yaml",
+        "training/logs/version_0/metrics.csv",
+        "vavae.pt",
+    ]
 
 
 def test_sampling_with_two_processes_writes_the_files_of_one(ddp_dit, tiny_latents, tmp_path):
@@ -109,13 +139,16 @@ def test_sampling_with_two_processes_writes_the_files_of_one(ddp_dit, tiny_laten
     config = tiny_config()
     args = ["--dit", str(dit_dir / "dit.pt"), "--vae", str(tiny_latents[1]), "--config"]
     one = tmp_path / "one"
-    run_probed(tmp_path / "r1", "mdgen.sample", [*args, json.dumps(config), "--out-dir", str(one)], processes=1)
+    run_probed(tmp_path / "r1", "mdgen.stages.sample", [*args, json.dumps(config), "--out-dir", str(one)], processes=1)
     two = tmp_path / "two"
     two_config = tiny_config(sample={"devices": 2})
-    result = run_probed(tmp_path / "r2", "mdgen.sample", [*args, json.dumps(two_config), "--out-dir", str(two)])
+    result = run_probed(tmp_path / "r2", "mdgen.stages.sample", [*args, json.dumps(two_config), "--out-dir", str(two)])
     assert "2 process(es)" in result.stdout
-    assert files_under(one) == files_under(two) == ["grid.png"] + [
-        f"user_{u:02d}/sample_{i:04d}.png" for u in range(3) for i in range(2)]
+    assert (
+        files_under(one)
+        == files_under(two)
+        == ["grid.png"] + [f"user_{u:02d}/sample_{i:04d}.png" for u in range(3) for i in range(2)]
+    )
     # The images too: each user's seed, whichever rank drew it. (torchrun runs each process on one
     # thread: other reduction orders in the matmuls, so a pixel may round to its neighbour.)
     for name in files_under(one):
@@ -129,12 +162,24 @@ def test_ddp_training_killed_mid_run_resumes_from_last_ckpt(tiny_latents, tmp_pa
     config = tiny_config(dit={"trainer": {"max_steps": 200, "devices": 2}})
     latents, vae = tiny_latents
     out = tmp_path / "dit"
-    command = [*torchrun(2), "-m", "mdgen.train_dit", "--latents", str(latents), "--vae", str(vae),
-               "--out-dir", str(out), "--config", json.dumps(config)]
+    command = [
+        *torchrun(2),
+        "-m",
+        "mdgen.stages.train_dit",
+        "--latents",
+        str(latents),
+        "--vae",
+        str(vae),
+        "--out-dir",
+        str(out),
+        "--config",
+        json.dumps(config),
+    ]
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
     last = out / "training" / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline and process.poll() is None:

@@ -11,19 +11,20 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
-from conftest import tiny_config
-from mdgen import train_dit
 from mdgen.data.latents import LatentStoreWriter, open_latent_store
 from mdgen.models.lightningdit import create_model
-from mdgen.sample import main as sample
+from mdgen.stages import train_dit
+from mdgen.stages.sample import main as sample
 
 
 def train(tiny_latents, out_dir, config):
     latents, vae = tiny_latents
-    return train_dit.main(["--latents", str(latents), "--vae", str(vae), "--out-dir", str(out_dir),
-                           "--config", json.dumps(config)])
+    return train_dit.main(
+        ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(out_dir), "--config", json.dumps(config)]
+    )
 
 
 def metric(metrics_csv, name):
@@ -49,7 +50,9 @@ def structured_latents(tiny_latents, tmp_path_factory):
     patterns = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0)).numpy()
     for split in ("train", "val"):
         store = open_latent_store(source / f"{split}.zarr")
-        latents = patterns[store.labels] + 0.1 * np.random.default_rng(1).standard_normal((len(store.labels), 4, 16, 16))
+        latents = patterns[store.labels] + 0.1 * np.random.default_rng(1).standard_normal(
+            (len(store.labels), 4, 16, 16)
+        )
         writer = LatentStoreWriter(folder / f"{split}.zarr", store.labels, store.paths, "float32", chunk_size=4)
         writer.append(latents.astype(np.float32))
         writer.finish(dict(store.attrs) | {"mean": [0.0] * 4, "std": [1.0] * 4})
@@ -58,8 +61,9 @@ def structured_latents(tiny_latents, tmp_path_factory):
 
 def test_training_and_validation_losses_fall(structured_latents, tmp_path):
     out = tmp_path
-    config = tiny_config(dit={"trainer": {"max_steps": 100}, "val_every_n_steps": 10, "batch_size": 8,
-                              "optimizer": {"lr": 3e-3}})
+    config = tiny_config(
+        dit={"trainer": {"max_steps": 100}, "val_every_n_steps": 10, "batch_size": 8, "optimizer": {"lr": 3e-3}}
+    )
     assert train(structured_latents, out, config) == 0
     losses = [v for _, v in metric(out / "metrics.csv", "train/loss")]
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10]), (losses[:10], losses[-10:])
@@ -89,8 +93,19 @@ def test_interrupted_training_resumes_at_the_saved_step_with_the_saved_ema(tiny_
     config = tiny_config(dit={"trainer": {"max_steps": 5000}})
     latents, vae = tiny_latents
     last = tmp_path / "training" / "checkpoints" / "last.ckpt"
-    command = [sys.executable, "-m", "mdgen.train_dit", "--latents", str(latents), "--vae", str(vae),
-               "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "mdgen.stages.train_dit",
+        "--latents",
+        str(latents),
+        "--vae",
+        str(vae),
+        "--out-dir",
+        str(tmp_path),
+        "--config",
+        json.dumps(config),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -117,8 +132,11 @@ def test_interrupted_training_resumes_at_the_saved_step_with_the_saved_ema(tiny_
             trainer.should_stop = True
 
     build = train_dit.trainer_from_config
-    monkeypatch.setattr(train_dit, "trainer_from_config",
-                        lambda cfg, work_dir, callbacks, **kw: build(cfg, work_dir, [*callbacks, Capture()], **kw))
+    monkeypatch.setattr(
+        train_dit,
+        "trainer_from_config",
+        lambda cfg, work_dir, callbacks, **kw: build(cfg, work_dir, [*callbacks, Capture()], **kw),
+    )
     assert train(tiny_latents, tmp_path, config) == 0
     assert seen["step"] == saved["global_step"]
     assert seen["adam_steps"] == [s["step"] for s in saved["optimizer_states"][0]["state"].values()][:1]
@@ -129,8 +147,18 @@ def test_interrupted_training_resumes_at_the_saved_step_with_the_saved_ema(tiny_
 def run_sample(trained, tiny_latents, out, **changes):
     dit_dir, config = trained
     config = tiny_config(sample=changes) | {"dit": config["dit"]}
-    return sample(["--dit", str(dit_dir / "dit.pt"), "--vae", str(tiny_latents[1]), "--out-dir", str(out),
-                   "--config", json.dumps(config)])
+    return sample(
+        [
+            "--dit",
+            str(dit_dir / "dit.pt"),
+            "--vae",
+            str(tiny_latents[1]),
+            "--out-dir",
+            str(out),
+            "--config",
+            json.dumps(config),
+        ]
+    )
 
 
 def pixels(folder):
@@ -165,8 +193,25 @@ def test_low_data_training_uses_exactly_the_per_user_draw(tiny_latents, tmp_path
 
     latents, vae = tiny_latents
     config = tiny_config(dit={"trainer": {"max_steps": 3}})
-    assert train_dit.main(["--latents", str(latents), "--vae", str(vae), "--out-dir", str(tmp_path),
-                           "--config", json.dumps(config), "--per-user", "2", "--subset-seed", "5"]) == 0
+    assert (
+        train_dit.main(
+            [
+                "--latents",
+                str(latents),
+                "--vae",
+                str(vae),
+                "--out-dir",
+                str(tmp_path),
+                "--config",
+                json.dumps(config),
+                "--per-user",
+                "2",
+                "--subset-seed",
+                "5",
+            ]
+        )
+        == 0
+    )
     subset = torch.load(tmp_path / "dit.pt", weights_only=True)["config"]["train_subset"]
     store = open_latent_store(latents / "train.zarr")
     expected = [store.paths[i] for i in per_user_subset(store.labels, 2, 5)]

@@ -1,18 +1,23 @@
 """The evaluate_generation stage on known cases: samples that are copies of training images, and noise."""
 
+import csv
 import json
 import shutil
 
 import numpy as np
 import pytest
+from conftest import tiny_config, write_vae_eval
 from PIL import Image
 
-from conftest import tiny_config
 from mdgen.data.validation import read_manifest
-from mdgen.evaluate_generation import main as evaluate
+from mdgen.stages.evaluate_generation import main as evaluate
 
-SETTINGS = {"seeds": [0, 1], "ratios": [0.5], "classifier": {"epochs": 30, "size": 32, "batch_size": 4},
-            "low_data_k": [2]}
+SETTINGS = {
+    "seeds": [0, 1],
+    "ratios": [0.5],
+    "classifier": {"epochs": 30, "size": 32, "batch_size": 4},
+    "low_data_k": [2],
+}
 
 
 def copies_of_train(manifest, folder):
@@ -35,8 +40,26 @@ def noise_samples(folder, users=3, per_user=4):
 
 def run(manifest, samples, out, *extra):
     config = tiny_config(evaluation=SETTINGS)
-    assert evaluate(["--manifest", str(manifest), "--samples", str(samples), "--out-dir", str(out),
-                     "--config", json.dumps(config), "--threads", "1", *extra]) == 0
+    assert (
+        evaluate(
+            [
+                "--manifest",
+                str(manifest),
+                "--samples",
+                str(samples),
+                "--vae-eval",
+                str(write_vae_eval(out.parent / "vae_eval.json", SETTINGS)),
+                "--out-dir",
+                str(out),
+                "--config",
+                json.dumps(config),
+                "--threads",
+                "1",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return json.loads((out / "generation.json").read_text())
 
 
@@ -55,6 +78,30 @@ def test_copies_of_training_images_are_flagged_as_memorised_and_recognised(copie
     assert results["precision_recall"]["precision"] > 0.5
     for name in ("metrics.csv", "accuracy_vs_ratio.png", "per_user_accuracy.png", "confusion.png", "nearest_pairs.png"):
         assert (out / name).stat().st_size > 0
+    assert Image.open(out / "identity.png").size == (650, 400)  # 6.5 × 4 inches at 100 dpi
+
+
+def test_identity_table_follows_each_generator_from_real_to_cas(copied):
+    results, out = copied
+    identity = results["identity"]
+    assert set(identity["generators"]) == {"real_train", "k2"}
+    for name, row in identity["generators"].items():
+        study = results if name == "real_train" else results["low_data"][name]
+        assert row["real_val"] == results["real_only"]["val_accuracy"]  # the judges' own accuracy
+        assert row["reconstructions"]["mean"] == 0.5  # from evaluate_vae's eval.json
+        assert row["fidelity"] == study["fidelity"]["accuracy"]
+        assert row["cas"] == study["synthetic_only"]["val_accuracy"]
+    rows = {r[0]: r for r in csv.reader((out / "metrics.csv").open())}
+    assert rows["reconstructions of real val classified as their user"][1:] == ["0.5000", "0.0000"]
+
+
+def test_an_eval_json_from_other_judges_is_refused(tiny_manifest, tmp_path):
+    samples = noise_samples(tmp_path / "samples")
+    other = write_vae_eval(tmp_path / "other.json", SETTINGS | {"seeds": [0, 1, 2]})
+    config = tiny_config(evaluation=SETTINGS)
+    args = ["--manifest", str(tiny_manifest), "--samples", str(samples), "--out-dir", str(tmp_path / "eval")]
+    with pytest.raises(SystemExit, match="rerun evaluate_vae with the same evaluation settings"):
+        evaluate([*args, "--vae-eval", str(other), "--config", json.dumps(config)])
 
 
 def test_every_protocol_runs_over_every_seed_and_records_what_it_saw(copied, tiny_manifest):
@@ -65,7 +112,9 @@ def test_every_protocol_runs_over_every_seed_and_records_what_it_saw(copied, tin
         assert len(entry["val_accuracy"]["runs"]) == 2
         assert 0 <= entry["val_accuracy"]["mean"] <= 1
     augmented = results["augmented"][0]
-    assert augmented["ratio"] == 0.5 and all(len(used) == 3 * 2 for used in augmented["synthetic_images"])  # 0.5 × 4 per user
+    assert augmented["ratio"] == 0.5 and all(
+        len(used) == 3 * 2 for used in augmented["synthetic_images"]
+    )  # 0.5 × 4 per user
     low = results["low_data"]["k2"]
     assert low["generator_saw"] == "k2" and len(results["training_sets"]["k2"]) == 3 * 2
     assert set(results["training_sets"]["k2"]) <= set(train)
@@ -82,5 +131,17 @@ def test_too_few_samples_for_a_ratio_is_a_clear_error(tiny_manifest, tmp_path):
     samples = noise_samples(tmp_path / "samples", per_user=1)
     config = tiny_config(evaluation=SETTINGS | {"ratios": [2.0], "low_data_k": []})
     with pytest.raises(SystemExit, match="raise sample.per_user or lower evaluation.ratios"):
-        evaluate(["--manifest", str(tiny_manifest), "--samples", str(samples), "--out-dir", str(tmp_path / "eval"),
-                  "--config", json.dumps(config)])
+        evaluate(
+            [
+                "--manifest",
+                str(tiny_manifest),
+                "--samples",
+                str(samples),
+                "--vae-eval",
+                str(write_vae_eval(tmp_path / "vae_eval.json", SETTINGS)),
+                "--out-dir",
+                str(tmp_path / "eval"),
+                "--config",
+                json.dumps(config),
+            ]
+        )

@@ -10,15 +10,18 @@ import time
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from mdgen import finetune_vae
-from mdgen.evaluate_vae import main as evaluate
-from mdgen.models.vavae import VAVAE, load_vavae
+
+from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
+from mdgen.stages import finetune_vae
+from mdgen.stages.evaluate_vae import main as evaluate
+from mdgen.training import vavae as vavae_training
 
 
 def run(tiny_manifest, out_dir, config):
-    return finetune_vae.main(["--manifest", str(tiny_manifest), "--out-dir", str(out_dir), "--config", json.dumps(config)])
+    return finetune_vae.main(
+        ["--manifest", str(tiny_manifest), "--out-dir", str(out_dir), "--config", json.dumps(config)]
+    )
 
 
 def train_rec_loss(metrics_csv):
@@ -57,11 +60,22 @@ def test_adversarial_terms_are_off_before_disc_start(tiny_manifest, tmp_path):
     assert all(float(r["train/disc_factor"]) == 1 and float(r["train/d_weight"]) > 0 for r in after)
 
 
-def test_interrupted_finetune_resumes_at_the_saved_step_with_the_same_optimizer_state(tiny_manifest, tmp_path, monkeypatch):
+def test_interrupted_finetune_resumes_at_the_saved_step_with_the_same_optimizer_state(
+    tiny_manifest, tmp_path, monkeypatch
+):
     config = tiny_config(vae={"trainer": {"max_steps": 400}})
     last = tmp_path / "training" / "checkpoints" / "last.ckpt"
-    command = [sys.executable, "-m", "mdgen.finetune_vae", "--manifest", str(tiny_manifest), "--out-dir", str(tmp_path),
-               "--config", json.dumps(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "mdgen.stages.finetune_vae",
+        "--manifest",
+        str(tiny_manifest),
+        "--out-dir",
+        str(tmp_path),
+        "--config",
+        json.dumps(config),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -88,8 +102,11 @@ def test_interrupted_finetune_resumes_at_the_saved_step_with_the_same_optimizer_
             trainer.should_stop = True  # the resume is what this test is about
 
     build = finetune_vae.trainer_from_config
-    monkeypatch.setattr(finetune_vae, "trainer_from_config",
-                        lambda cfg, work_dir, callbacks, **kw: build(cfg, work_dir, [*callbacks, Capture()], **kw))
+    monkeypatch.setattr(
+        finetune_vae,
+        "trainer_from_config",
+        lambda cfg, work_dir, callbacks, **kw: build(cfg, work_dir, [*callbacks, Capture()], **kw),
+    )
     assert run(tiny_manifest, tmp_path, config) == 0
     assert seen["step"] == saved_step
     for restored, stored in zip(seen["optimizers"], saved["optimizer_states"]):
@@ -109,8 +126,11 @@ def test_changed_config_starts_over(tiny_manifest, tmp_path, capsys):
 
 def test_finetune_from_an_official_checkpoint_reports_what_it_loaded(tiny_manifest, tmp_path, capsys):
     config = tiny_config(vae={"trainer": {"max_steps": 4}})
-    source = VAVAE(**finetune_vae.vae_kwargs(config) | {"use_vf": "dinov2"})
-    state = source.official_state_dict() | {"loss.logvar": torch.tensor(0.5), "foundation_model.model.cls_token": torch.zeros(1, 1, 8)}
+    source = VAVAE(**vavae_kwargs(config) | {"use_vf": "dinov2"})
+    state = source.official_state_dict() | {
+        "loss.logvar": torch.tensor(0.5),
+        "foundation_model.model.cls_token": torch.zeros(1, 1, 8),
+    }
     torch.save({"state_dict": state}, tmp_path / "official.pt")
     config["vae"]["weight_init"] = str(tmp_path / "official.pt")
     assert run(tiny_manifest, tmp_path / "out", config) == 0
@@ -126,13 +146,24 @@ def test_finetune_with_lpips_and_vf_alignment_runs(tiny_manifest, tmp_path, monk
 
     small = dict(model_name="vit_small_patch14_dinov2", embed_dim=64, depth=1, num_heads=2)
     real = foundation.FoundationModel
-    monkeypatch.setattr(finetune_vae, "FoundationModel", lambda kind, weights, random_weights: real(kind, weights, random_weights=random_weights, **small))
-    config = tiny_config(vae={
-        "use_vf": "dinov2", "trainer": {"max_steps": 12},
-        "lossconfig": {"perceptual_weight": 1.0, "disc_start": 0},
-        "perceptual": {"random_backbone": True}, "foundation": {"random_weights": True},
-    })
-    monkeypatch.setattr(finetune_vae, "vae_kwargs", lambda cfg, base=finetune_vae.vae_kwargs: base(cfg) | {"vf_feature_dim": 64})
+    monkeypatch.setattr(
+        vavae_training,
+        "FoundationModel",
+        lambda kind, weights, random_weights: real(kind, weights, random_weights=random_weights, **small),
+    )
+    config = tiny_config(
+        vae={
+            "use_vf": "dinov2",
+            "trainer": {"max_steps": 12},
+            "lossconfig": {"perceptual_weight": 1.0, "disc_start": 0},
+            "perceptual": {"random_backbone": True},
+            "foundation": {"random_weights": True},
+        }
+    )
+    # A narrow alignment head: the export's config and the trained model must both see it.
+    narrow = lambda cfg: vavae_kwargs(cfg) | {"vf_feature_dim": 64}
+    monkeypatch.setattr(finetune_vae, "vavae_kwargs", narrow)
+    monkeypatch.setattr(vavae_training, "vavae_kwargs", narrow)
     assert run(tiny_manifest, tmp_path, config) == 0
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/vf_loss")]
@@ -140,15 +171,30 @@ def test_finetune_with_lpips_and_vf_alignment_runs(tiny_manifest, tmp_path, monk
     state = torch.load(tmp_path / "vavae.pt", weights_only=True)["state_dict"]
     assert state["linear_proj.weight"].shape == (64, 4, 1, 1)
     ckpt = torch.load(tmp_path / "training" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert not any(k.startswith(finetune_vae.FROZEN_PREFIXES) for k in ckpt["state_dict"])
+    assert not any(k.startswith(vavae_training.FROZEN_PREFIXES) for k in ckpt["state_dict"])
 
 
 def test_evaluate_vae_compares_initial_and_fine_tuned(tiny_manifest, tmp_path):
     config = tiny_config()
     assert run(tiny_manifest, tmp_path, config) == 0
     out_json, out_png = tmp_path / "eval.json", tmp_path / "reconstructions.png"
-    assert evaluate(["--manifest", str(tiny_manifest), "--vae", str(tmp_path / "vavae.pt"), "--config", json.dumps(config),
-                     "--out-json", str(out_json), "--out-png", str(out_png)]) == 0
+    assert (
+        evaluate(
+            [
+                "--manifest",
+                str(tiny_manifest),
+                "--vae",
+                str(tmp_path / "vavae.pt"),
+                "--config",
+                json.dumps(config),
+                "--out-json",
+                str(out_json),
+                "--out-png",
+                str(out_png),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out_json.read_text())
     assert report["images"] == 6 and report["initial_weights"] == "initial (random init)"
     assert report["fine_tuned"]["psnr"] > report["initial"]["psnr"] + 3
@@ -161,10 +207,11 @@ def test_evaluate_vae_compares_initial_and_fine_tuned(tiny_manifest, tmp_path):
 def test_official_f16d32_state_dict_loads_strictly_into_the_paper_preset_model():
     """The paper preset builds exactly the released architecture: every official key and shape fits."""
     from conftest import REPO
+
     from mdgen.config import load_config
 
     config = load_config(str(REPO / "config" / "presets" / "paper.yaml"), "data", "vae")
-    model = VAVAE(**finetune_vae.vae_kwargs(config))
+    model = VAVAE(**vavae_kwargs(config))
     official = json.loads((REPO / "tests" / "fixtures" / "vavae_official_keys.json").read_text())["f16d32_dinov2"]
     state = {key: torch.zeros(shape) for key, shape in official.items()}
     state |= {"loss.logvar": torch.zeros(()), "foundation_model.model.cls_token": torch.zeros(1, 1, 1024)}

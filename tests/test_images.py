@@ -76,10 +76,16 @@ def test_ycbcr_converts_to_rgb():
     assert np.abs(np.asarray(converted, dtype=int) - np.asarray(rgb, dtype=int)).max() <= 3
 
 
-@pytest.mark.parametrize("mode, reason", [
-    ("I", "32-bit"), ("F", "32-bit"), ("CMYK", "ICC profile"), ("1", "mode '1' is not supported"),
-    ("HSV", "mode 'HSV' is not supported"),
-])
+@pytest.mark.parametrize(
+    "mode, reason",
+    [
+        ("I", "32-bit"),
+        ("F", "32-bit"),
+        ("CMYK", "ICC profile"),
+        ("1", "mode '1' is not supported"),
+        ("HSV", "mode 'HSV' is not supported"),
+    ],
+)
 def test_modes_without_a_faithful_conversion_are_rejected(mode, reason):
     with pytest.raises(ConversionError, match=reason):
         plan_conversion(Image.new(mode, (4, 4)), 3)

@@ -14,7 +14,6 @@ import zarr
 from conftest import tiny_config
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from mdgen import extract_latents
 from mdgen.data.dataset import MicroDopplerDataset
 from mdgen.data.latents import (
     ChannelStats,
@@ -26,9 +25,9 @@ from mdgen.data.latents import (
     verify_latent_store,
 )
 from mdgen.data.validation import read_manifest
-from mdgen.finetune_vae import vae_kwargs
 from mdgen.io import atomic_directory
-from mdgen.models.vavae import VAVAE, load_vavae, save_official
+from mdgen.models.vavae import load_vavae, save_official, VAVAE, vavae_kwargs
+from mdgen.stages import extract_latents
 
 # Batches of 4 and chunks of 5: writes cross chunk boundaries and the last chunk is partial.
 SMALL_BATCHES = {"batch_size": 4, "chunk_size": 5}
@@ -39,7 +38,7 @@ def vae_file(tmp_path_factory):
     config = tiny_config()
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("vae") / "vavae.pt"
-    save_official(path, VAVAE(**vae_kwargs(config)), {"model": vae_kwargs(config), **config})
+    save_official(path, VAVAE(**vavae_kwargs(config)), {"model": vavae_kwargs(config), **config})
     return path
 
 
@@ -50,8 +49,21 @@ def extract(tmp_path_factory, tiny_manifest, vae_file):
     def run(**latents):
         out_dir = tmp_path_factory.mktemp("latents")
         config = tiny_config(latents=latents)
-        assert extract_latents.main(["--manifest", str(tiny_manifest), "--vae", str(vae_file), "--out-dir", str(out_dir),
-                                     "--config", json.dumps(config)]) == 0
+        assert (
+            extract_latents.main(
+                [
+                    "--manifest",
+                    str(tiny_manifest),
+                    "--vae",
+                    str(vae_file),
+                    "--out-dir",
+                    str(out_dir),
+                    "--config",
+                    json.dumps(config),
+                ]
+            )
+            == 0
+        )
         return out_dir
 
     return run
@@ -84,7 +96,7 @@ def test_stored_means_equal_encoder_means_and_follow_the_manifest(means_dir, tin
         assert store.attrs["count_per_user"] == {"user_00": count // 3, "user_01": count // 3, "user_02": count // 3}
         assert store.attrs["split"] == split
         assert store.attrs["vae_sha256"] == hashlib.sha256(vae_file.read_bytes()).hexdigest()
-        assert store.attrs["vae_config"] == json.loads(json.dumps(vae_kwargs(tiny_config())))
+        assert store.attrs["vae_config"] == json.loads(json.dumps(vavae_kwargs(tiny_config())))
         assert (store.attrs["image_size"], store.attrs["channels"]) == (32, 3)
         assert (store.attrs["sample_posterior"], store.attrs["dtype"], store.attrs["seed"]) == (False, "float32", 0)
 
@@ -102,7 +114,7 @@ def test_statistics_are_those_of_the_stored_train_latents_in_both_stores(means_d
 def test_channel_stats_merge_uneven_batches_without_losing_precision():
     rng = np.random.default_rng(0)
     # A large offset against a small spread: E[x²] - E[x]² in float32 would give garbage here.
-    latents = (1e4 + rng.normal(0.0, 1e-2, size=(37, 3, 4, 4)) * np.array([1.0, 2.0, 3.0])[None, :, None, None])
+    latents = 1e4 + rng.normal(0.0, 1e-2, size=(37, 3, 4, 4)) * np.array([1.0, 2.0, 3.0])[None, :, None, None]
     stats = ChannelStats(3)
     for start, stop in ((0, 1), (1, 17), (17, 30), (30, 37)):
         stats.update(latents[start:stop].astype(np.float32).astype(np.float64))
@@ -112,8 +124,9 @@ def test_channel_stats_merge_uneven_batches_without_losing_precision():
     np.testing.assert_allclose(stats.std, reference.std(axis=(0, 2, 3)), rtol=1e-6)
 
 
-def test_posterior_samples_come_from_the_seeded_generator_and_repeat(means_dir, samples_dir, extract, tiny_manifest,
-                                                                     vae_file):
+def test_posterior_samples_come_from_the_seeded_generator_and_repeat(
+    means_dir, samples_dir, extract, tiny_manifest, vae_file
+):
     means = open_latent_store(means_dir / "train.zarr").latents[:]
     samples = open_latent_store(samples_dir / "train.zarr")
     assert samples.attrs["sample_posterior"] is True and samples.attrs["seed"] == 3
@@ -142,7 +155,7 @@ def test_float16_store_holds_the_rounded_means(means_dir, extract):
 HANG_AFTER_FIRST_BATCH = """
 import sys, time
 from pathlib import Path
-from mdgen import extract_latents
+from mdgen.stages import extract_latents
 from mdgen.data.latents import LatentStoreWriter
 
 append = LatentStoreWriter.append
@@ -158,8 +171,16 @@ extract_latents.main(sys.argv[2:])
 def test_an_interrupted_run_leaves_no_store_and_the_rerun_cleans_up(tmp_path, tiny_manifest, vae_file, capsys):
     out_dir = tmp_path / "latents"
     writing = tmp_path / "writing"
-    args = ["--manifest", str(tiny_manifest), "--vae", str(vae_file), "--out-dir", str(out_dir),
-            "--config", json.dumps(tiny_config(latents={"batch_size": 4, "chunk_size": 2}))]
+    args = [
+        "--manifest",
+        str(tiny_manifest),
+        "--vae",
+        str(vae_file),
+        "--out-dir",
+        str(out_dir),
+        "--config",
+        json.dumps(tiny_config(latents={"batch_size": 4, "chunk_size": 2})),
+    ]
     process = subprocess.Popen([sys.executable, "-c", HANG_AFTER_FIRST_BATCH, str(writing), *args])
     try:
         deadline = time.monotonic() + 120
@@ -191,10 +212,9 @@ def test_atomic_directory_replaces_only_after_success(tmp_path):
     target = tmp_path / "train.zarr"
     with atomic_directory(target) as tmp:
         (tmp / "version").write_text("1")
-    with pytest.raises(RuntimeError, match="interrupted"):
-        with atomic_directory(target) as tmp:
-            (tmp / "version").write_text("2")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_directory(target) as tmp:
+        (tmp / "version").write_text("2")
+        raise RuntimeError("interrupted")
     assert (target / "version").read_text() == "1"
     with atomic_directory(target) as tmp:
         (tmp / "version").write_text("3")
@@ -207,7 +227,7 @@ def test_dataset_refuses_a_store_of_another_vae(means_dir, vae_file, tmp_path):
     assert len(LatentDataset(means_dir / "train.zarr", vae_path=vae_file)) == 12
     other = tmp_path / "other.pt"
     config = tiny_config()
-    save_official(other, VAVAE(**vae_kwargs(config)), {"model": vae_kwargs(config), **config})
+    save_official(other, VAVAE(**vavae_kwargs(config)), {"model": vavae_kwargs(config), **config})
     with pytest.raises(LatentStoreError) as error:
         LatentDataset(means_dir / "train.zarr", vae_path=other)
     message = str(error.value)
@@ -226,7 +246,9 @@ def test_chunked_reading_gives_the_in_memory_items(means_dir):
         assert latent.dtype == torch.float32 and label.dtype == torch.int64
         torch.testing.assert_close(latent, in_memory[index][0], rtol=0, atol=0)
         assert label == in_memory[index][1] == int(store.labels[index])
-    expected = (store.latents[:] - np.array(store.attrs["mean"])[:, None, None]) / np.array(store.attrs["std"])[:, None, None]
+    expected = (store.latents[:] - np.array(store.attrs["mean"])[:, None, None]) / np.array(store.attrs["std"])[
+        :, None, None
+    ]
     np.testing.assert_allclose(in_memory[7][0].numpy(), expected[7], rtol=1e-6, atol=1e-6)
     sequential = LatentDataset(means_dir / "train.zarr", memory_limit_mb=0)
     for index in range(12):

@@ -8,9 +8,9 @@ import torch
 
 from mdgen.models.lightningdit import (
     CheckpointMismatchError,
+    create_model,
     LightningDiT,
     LightningDiT_models,
-    create_model,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -132,8 +132,9 @@ def test_new_model_is_adaLN_zero_and_predicts_zero():
 def test_official_sizes_are_the_official_table():
     for name, size in OFFICIAL["registry"].items():
         assert LightningDiT_models[name].keywords == size, name
-    assert LightningDiT_models["LightningDiT-XL/1"].keywords == dict(depth=28, hidden_size=1152, patch_size=1,
-                                                                      num_heads=16)
+    assert LightningDiT_models["LightningDiT-XL/1"].keywords == dict(
+        depth=28, hidden_size=1152, patch_size=1, num_heads=16
+    )
 
 
 @pytest.mark.parametrize("name", sorted(LightningDiT_models))
@@ -150,13 +151,17 @@ def test_every_size_builds_and_runs_at_a_tiny_width(name):
 
 
 def test_create_model_alias_and_errors():
-    assert LightningDiT_models["LightningDiT-XL/1"].keywords == dict(depth=28, hidden_size=1152, patch_size=1,
-                                                                      num_heads=16)
+    assert LightningDiT_models["LightningDiT-XL/1"].keywords == dict(
+        depth=28, hidden_size=1152, patch_size=1, num_heads=16
+    )
     with torch.device("meta"):
         model = create_model("LightningDiT-XL", input_size=16)
     assert (len(model.blocks), model.hidden_size, model.patch_size) == (28, 1152, 1)
-    with pytest.raises(ValueError, match=r"unknown LightningDiT model 'LightningDiT-XXL/1'.*LightningDiT-XL/2.*"
-                                         r"LightningDiT-Tiny/1.*LightningDiT-XL \(= LightningDiT-XL/1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown LightningDiT model 'LightningDiT-XXL/1'.*LightningDiT-XL/2.*"
+        r"LightningDiT-Tiny/1.*LightningDiT-XL \(= LightningDiT-XL/1\)",
+    ):
         create_model("LightningDiT-XXL/1")
     with pytest.raises(ValueError, match="LightningDiT-Micro/1 fixes depth=2"):
         create_model("LightningDiT-Micro/1", depth=3)

@@ -7,8 +7,8 @@ import scipy.linalg
 import torch
 from scipy.spatial.distance import cdist as scipy_cdist
 
-import mdgen.metrics as metrics
-from mdgen.metrics import (
+import mdgen.evaluation.metrics as metrics
+from mdgen.evaluation.metrics import (
     classification_metrics,
     frechet_distance,
     frechet_distance_per_group,
@@ -30,6 +30,7 @@ def random_rotation(rng, dim):
 # --------------------------------------------------------------------------------------------
 # Fréchet distance
 # --------------------------------------------------------------------------------------------
+
 
 def test_frechet_distance_of_a_set_with_itself_is_zero():
     features = np.random.default_rng(0).standard_normal((500, 16)) * 3.0 + 1.0
@@ -71,8 +72,11 @@ def test_frechet_distance_uses_unbiased_sample_covariance():
     rng = np.random.default_rng(3)
     real, fake = rng.standard_normal((10, 3)), 2.0 * rng.standard_normal((12, 3)) + 1.0
     cov_real, cov_fake = np.cov(real, rowvar=False, ddof=1), np.cov(fake, rowvar=False, ddof=1)
-    expected = (np.sum((real.mean(0) - fake.mean(0)) ** 2) + np.trace(cov_real + cov_fake)
-                - 2 * np.trace(scipy.linalg.sqrtm(cov_real @ cov_fake).real))
+    expected = (
+        np.sum((real.mean(0) - fake.mean(0)) ** 2)
+        + np.trace(cov_real + cov_fake)
+        - 2 * np.trace(scipy.linalg.sqrtm(cov_real @ cov_fake).real)
+    )
     assert frechet_distance(real, fake) == pytest.approx(expected, rel=1e-9)
 
 
@@ -91,8 +95,7 @@ def test_frechet_distance_with_fewer_samples_than_features_is_finite_and_biased_
     few = frechet_distance(rng.standard_normal((5, 32)), rng.standard_normal((5, 32)))
     assert np.isfinite(few) and few > 0
     # Same distribution on both sides, so the true FD is 0: the estimate grows as N shrinks.
-    small = np.mean([frechet_distance(rng.standard_normal((20, 8)), rng.standard_normal((20, 8)))
-                     for _ in range(5)])
+    small = np.mean([frechet_distance(rng.standard_normal((20, 8)), rng.standard_normal((20, 8))) for _ in range(5)])
     large = frechet_distance(rng.standard_normal((4000, 8)), rng.standard_normal((4000, 8)))
     assert large < 0.05 < 1.0 < small
 
@@ -119,13 +122,16 @@ def test_frechet_distance_per_group_matches_whole_set_function_and_skips_small_g
     assert result["user_01"] == pytest.approx(frechet_distance(real[40:80], fake[30:60]), rel=1e-12)
     assert result["user_00"] < 1.0
     assert result["user_01"] == pytest.approx(36.0, rel=0.2)
-    integer_keys = frechet_distance_per_group(real, torch.arange(3).repeat_interleave(30), fake, np.repeat([0, 1], [31, 30]))
+    integer_keys = frechet_distance_per_group(
+        real, torch.arange(3).repeat_interleave(30), fake, np.repeat([0, 1], [31, 30])
+    )
     assert list(integer_keys) == [0, 1] and all(type(key) is int for key in integer_keys)
 
 
 # --------------------------------------------------------------------------------------------
 # Nearest neighbours
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_nearest_distances_match_brute_force_across_blocks(monkeypatch, exclude_self):
@@ -146,6 +152,7 @@ def test_nearest_distances_match_brute_force_across_blocks(monkeypatch, exclude_
 # --------------------------------------------------------------------------------------------
 # Improved precision and recall
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_precision_recall_of_identical_sets_is_one(k):
@@ -179,6 +186,7 @@ def test_precision_recall_rejects_k_without_enough_samples():
 # --------------------------------------------------------------------------------------------
 # Memorisation
 # --------------------------------------------------------------------------------------------
+
 
 def test_memorisation_flags_planted_copies_and_fresh_samples_at_the_quantile_rate():
     rng = np.random.default_rng(10)
@@ -221,6 +229,7 @@ def test_memorisation_default_quantile_flags_few_fresh_samples():
 # Classification
 # --------------------------------------------------------------------------------------------
 
+
 def test_classification_metrics_on_a_hand_counted_example():
     true = [0, 0, 1, 1, 1, 2]
     predicted = [0, 1, 1, 1, 0, 2]
@@ -228,10 +237,7 @@ def test_classification_metrics_on_a_hand_counted_example():
     assert result["accuracy"] == pytest.approx(4 / 6)
     assert result["per_class_accuracy"] == pytest.approx([0.5, 2 / 3, 1.0, None])
     assert result["per_class_accuracy"][3] is None  # class 3 never occurs as a true label
-    assert result["confusion"] == [[1, 1, 0, 0],
-                                   [1, 2, 0, 0],
-                                   [0, 0, 1, 0],
-                                   [0, 0, 0, 0]]
+    assert result["confusion"] == [[1, 1, 0, 0], [1, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
 
 
 def test_classification_metrics_rejects_out_of_range_labels():

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from mdgen.data import simulator as sim
-from mdgen.simulate_dataset import main as simulate_main
+from mdgen.stages.simulate_dataset import main as simulate_main
 
 RADAR = sim.Radar()
 
@@ -16,8 +16,16 @@ RADAR = sim.Radar()
 def walker(**changes):
     """A mid-range user with no proportion jitter, so lengths are the textbook fractions."""
     params = dict(
-        height_m=1.75, speed_mps=1.3, cadence=1.0, arm_swing=1.0, elbow_flexion=1.0, knee_peak_deg=70.0,
-        hip_amplitude=1.0, left_right_ratio=1.0, left_phase=0.5, torso_radius_m=0.15,
+        height_m=1.75,
+        speed_mps=1.3,
+        cadence=1.0,
+        arm_swing=1.0,
+        elbow_flexion=1.0,
+        knee_peak_deg=70.0,
+        hip_amplitude=1.0,
+        left_right_ratio=1.0,
+        left_phase=0.5,
+        torso_radius_m=0.15,
     )
     return sim.User(**(params | changes))
 
@@ -34,8 +42,15 @@ def straight_walk(**changes):
 
 @pytest.mark.parametrize(
     "scatterer, segment",
-    [("head", "head"), ("torso", "torso"), ("upper_arm_left", "upper_arm"), ("lower_arm_right", "lower_arm"),
-     ("upper_leg_right", "upper_leg"), ("lower_leg_left", "lower_leg"), ("foot_right", "foot")],
+    [
+        ("head", "head"),
+        ("torso", "torso"),
+        ("upper_arm_left", "upper_arm"),
+        ("lower_arm_right", "lower_arm"),
+        ("upper_leg_right", "upper_leg"),
+        ("lower_leg_left", "lower_leg"),
+        ("foot_right", "foot"),
+    ],
 )
 def test_segments_keep_their_boulic_lengths_throughout_the_walk(scatterer, segment):
     user = walker()
@@ -94,7 +109,9 @@ def test_left_side_is_the_right_side_half_a_cycle_later():
 
 def test_torso_doppler_line_sits_at_two_v_over_lambda():
     speed = 1.3
-    power_db, doppler = sim.spectrogram_db(sim.baseband(walker(), straight_walk(speed_mps=speed), RADAR, scatterers=("torso",)), RADAR)
+    power_db, doppler = sim.spectrogram_db(
+        sim.baseband(walker(), straight_walk(speed_mps=speed), RADAR, scatterers=("torso",)), RADAR
+    )
     line = np.median(doppler[power_db.argmax(axis=0)])
     expected = 2 * speed / RADAR.wavelength  # 208 Hz at 24 GHz
     assert line == pytest.approx(expected, rel=0.03)
@@ -116,10 +133,26 @@ def test_feet_stay_within_the_doppler_their_kinematics_allow():
 
 def test_default_pulse_rate_does_not_alias_the_fastest_walker():
     # The corner of every parameter range at once: tallest, fastest, largest swing and cadence.
-    fastest = walker(height_m=1.95, speed_mps=1.6, cadence=1.1, arm_swing=1.5, elbow_flexion=1.3,
-                     knee_peak_deg=80.0, hip_amplitude=1.15, left_right_ratio=1.15, left_phase=0.53)
-    walk = straight_walk(speed_mps=1.68, range_m=2.0, cadence=1.05, arm_swing=1.25, elbow_flexion=1.2,
-                         hip_amplitude=1.1, knee_offset_deg=5.0)
+    fastest = walker(
+        height_m=1.95,
+        speed_mps=1.6,
+        cadence=1.1,
+        arm_swing=1.5,
+        elbow_flexion=1.3,
+        knee_peak_deg=80.0,
+        hip_amplitude=1.15,
+        left_right_ratio=1.15,
+        left_phase=0.53,
+    )
+    walk = straight_walk(
+        speed_mps=1.68,
+        range_m=2.0,
+        cadence=1.05,
+        arm_swing=1.25,
+        elbow_flexion=1.2,
+        hip_amplitude=1.1,
+        knee_offset_deg=5.0,
+    )
     ranges, _ = sim.scatterer_returns(fastest, walk, RADAR)
     assert sim.radial_speed(ranges, RADAR) < RADAR.max_velocity
     # A slow pulse rate does alias the same walk: 100 Hz at 24 GHz is unambiguous to ±0.31 m/s.
@@ -223,7 +256,12 @@ def test_rerun_replaces_the_previous_simulation(tmp_path):
 
 def load_split(root, split, size=32):
     paths = sorted(root.glob(f"{split}/user_*/*.png"))
-    x = np.stack([np.asarray(Image.open(p).convert("L").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255 for p in paths])
+    x = np.stack(
+        [
+            np.asarray(Image.open(p).convert("L").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
+            for p in paths
+        ]
+    )
     y = [int(p.parent.name.removeprefix("user_")) for p in paths]
     return torch.from_numpy(x).flatten(1), torch.tensor(y)
 
@@ -235,8 +273,22 @@ def test_logistic_regression_identifies_simulated_users_far_above_chance(tmp_pat
     24 train / 8 val) the same classifier reaches 0.68 (chance 0.03) and a small CNN about 0.88.
     """
     out = tmp_path / "sim"
-    simulate_main(["--out", str(out), "--num-users", "10", "--train-per-user", "12", "--val-per-user", "4",
-                   "--size", "64", "--workers", "2"])
+    simulate_main(
+        [
+            "--out",
+            str(out),
+            "--num-users",
+            "10",
+            "--train-per-user",
+            "12",
+            "--val-per-user",
+            "4",
+            "--size",
+            "64",
+            "--workers",
+            "2",
+        ]
+    )
     x_train, y_train = load_split(out, "train")
     x_val, y_val = load_split(out, "val")
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6

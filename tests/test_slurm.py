@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from test_workflow import REPO, STAGES, TINY, snakemake
+from test_workflow import REPO, snakemake, STAGES, TINY
 
 GPU_RULES = {"finetune_vae", "evaluate_vae", "extract_latents", "train_dit", "sample"}
 TIMEOUT = 1200
@@ -47,8 +46,12 @@ def cluster():
 
 def sacct_jobs(run_id: str) -> list[dict]:
     fields = ["JobID", "JobName", "Partition", "State", "AllocTRES", "Comment"]
-    result = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "2020-01-01", "--name", run_id, "-o", ",".join(fields)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-S", "2020-01-01", "--name", run_id, "-o", ",".join(fields)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return [dict(zip(fields, line.split("|"), strict=True)) for line in result.stdout.splitlines() if line]
 
@@ -56,8 +59,11 @@ def sacct_jobs(run_id: str) -> list[dict]:
 def result_files(workdir: Path) -> set[str]:
     """The pipeline's outputs, without what differs by where it ran (logs, timings)."""
     results = workdir / "results"
-    return {str(p.relative_to(results)) for p in results.rglob("*")
-            if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks")}
+    return {
+        str(p.relative_to(results))
+        for p in results.rglob("*")
+        if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks")
+    }
 
 
 def kill_when_checkpointed(run: subprocess.Popen, slurm_dir: Path, rule: str, step: int) -> int:
@@ -93,9 +99,25 @@ def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_
     slurm_dir.mkdir()
     local_dir.mkdir()
     (slurm_dir / "test.yaml").write_text(yaml.safe_dump(config))
-    command = ["timeout", "-k", "10", str(TIMEOUT), sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-               "-d", str(slurm_dir), "--profile", str(REPO / "slurm"), "--profile", str(REPO / "ci/slurm/profile"),
-               "--configfile", str(slurm_dir / "test.yaml")]
+    command = [
+        "timeout",
+        "-k",
+        "10",
+        str(TIMEOUT),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(slurm_dir),
+        "--profile",
+        str(REPO / "slurm"),
+        "--profile",
+        str(REPO / "ci/slurm/profile"),
+        "--configfile",
+        str(slurm_dir / "test.yaml"),
+    ]
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with open(tmp_path / "snakemake.log", "w") as log:
         run = subprocess.Popen(command, cwd=slurm_dir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -119,8 +141,10 @@ def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_
     with capsys.disabled():  # into the test log (CI's too): what went through the scheduler
         print(f"\nSLURM run {run_id}, as sacct records it:")
         for job in jobs:
-            print(f"  job {job['JobID']:>5}  {job['Comment'].removeprefix('rule_'):<20} {job['Partition']:<4} "
-                  f"{job['State']:<10} {job['AllocTRES']}")
+            print(
+                f"  job {job['JobID']:>5}  {job['Comment'].removeprefix('rule_'):<20} {job['Partition']:<4} "
+                f"{job['State']:<10} {job['AllocTRES']}"
+            )
     assert sorted(job["JobID"] for job in jobs) == sorted(submitted)
     rules = [job["Comment"].removeprefix("rule_") for job in jobs]
     assert sorted(rules) == sorted([*STAGES, "train_dit"]), rules
@@ -154,13 +178,40 @@ def test_srun_started_ddp_trains_on_one_node(cluster, tiny_latents, tmp_path):
     latents, vae = tiny_latents
     config = tiny_config(dit={"trainer": {"max_steps": 4, "devices": 2}})
     (tmp_path / "config.json").write_text(json.dumps(config))
-    stage = (f"srun --nodes=1 --ntasks-per-node=2 --kill-on-bad-exit=1 {sys.executable} -m mdgen.train_dit"
-             f" --latents {latents} --vae {vae} --out-dir {tmp_path / 'dit'} --config {tmp_path / 'config.json'}")
+    stage = (
+        f"srun --nodes=1 --ntasks-per-node=2 --kill-on-bad-exit=1 {sys.executable} -m mdgen.stages.train_dit"
+        f" --latents {latents} --vae {vae} --out-dir {tmp_path / 'dit'} --config {tmp_path / 'config.json'}"
+    )
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
-    result = subprocess.run(["timeout", "-k", "10", "300", "sbatch", "--wait", "--parsable", "-A", "ci", "-p", "cpu",
-                             "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=3000", "-t", "10",
-                             "-o", str(tmp_path / "job.log"), "--wrap", stage],
-                            env=env, capture_output=True, text=True, timeout=330)
+    result = subprocess.run(
+        [
+            "timeout",
+            "-k",
+            "10",
+            "300",
+            "sbatch",
+            "--wait",
+            "--parsable",
+            "-A",
+            "ci",
+            "-p",
+            "cpu",
+            "--nodes=1",
+            "--ntasks-per-node=2",
+            "--cpus-per-task=1",
+            "--mem=3000",
+            "-t",
+            "10",
+            "-o",
+            str(tmp_path / "job.log"),
+            "--wrap",
+            stage,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=330,
+    )
     log = (tmp_path / "job.log").read_text() if (tmp_path / "job.log").exists() else ""
     assert result.returncode == 0, result.stderr + log[-5000:]
     assert "(2 processes, DDPStrategy)" in log, log[-5000:]

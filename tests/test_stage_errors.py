@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_config, write_vae_eval
 
-from conftest import tiny_config
 from mdgen.config import load_config
-from mdgen.evaluate_generation import main as evaluate, parse_low_data
 from mdgen.models.lightningdit import create_model
-from mdgen.sample import guided_velocity
+from mdgen.stages.evaluate_generation import main as evaluate
+from mdgen.stages.evaluate_generation import parse_low_data
+from mdgen.stages.sample import guided_velocity
 
 
 def test_config_without_a_needed_section_names_it():
@@ -40,5 +41,17 @@ def test_guidance_without_label_dropout_explains_what_to_set():
 def test_evaluation_refuses_a_user_without_samples(tiny_manifest, tmp_path):
     (tmp_path / "samples" / "user_00").mkdir(parents=True)
     with pytest.raises(SystemExit, match="user_00 holds no samples: every user needs samples"):
-        evaluate(["--manifest", str(tiny_manifest), "--samples", str(tmp_path / "samples"), "--out-dir",
-                  str(tmp_path / "eval"), "--config", json.dumps(tiny_config())])
+        evaluate(
+            [
+                "--manifest",
+                str(tiny_manifest),
+                "--samples",
+                str(tmp_path / "samples"),
+                "--vae-eval",
+                str(write_vae_eval(tmp_path / "vae_eval.json", tiny_config()["evaluation"])),
+                "--out-dir",
+                str(tmp_path / "eval"),
+                "--config",
+                json.dumps(tiny_config()),
+            ]
+        )

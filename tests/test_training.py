@@ -15,8 +15,16 @@ def write_run(path, rows, columns):
 
 def test_metrics_of_a_resumed_run_replace_what_the_interrupted_run_logged_after_the_checkpoint(tmp_path):
     logs = tmp_path / "logs"
-    write_run(logs / "version_0/metrics.csv", [{"epoch": 0, "step": s, "loss": 10 - s} for s in range(10)], ["epoch", "step", "loss"])
-    write_run(logs / "version_1/metrics.csv", [{"epoch": 0, "step": s, "val": s} for s in range(6, 13)], ["epoch", "step", "val"])
+    write_run(
+        logs / "version_0/metrics.csv",
+        [{"epoch": 0, "step": s, "loss": 10 - s} for s in range(10)],
+        ["epoch", "step", "loss"],
+    )
+    write_run(
+        logs / "version_1/metrics.csv",
+        [{"epoch": 0, "step": s, "val": s} for s in range(6, 13)],
+        ["epoch", "step", "val"],
+    )
     (logs / "version_2").mkdir()  # a run interrupted before it logged anything
     collect_metrics(tmp_path, tmp_path / "metrics.csv")
     with open(tmp_path / "metrics.csv", newline="") as f:

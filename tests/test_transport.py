@@ -6,8 +6,14 @@ import math
 import pytest
 import torch
 
-from mdgen.transport import (interpolate, sample_ode, sample_timesteps, sampling_timesteps, shift_timesteps,
-                             training_loss)
+from mdgen.transport import (
+    interpolate,
+    sample_ode,
+    sample_timesteps,
+    sampling_timesteps,
+    shift_timesteps,
+    training_loss,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Conventions
@@ -65,7 +71,7 @@ def test_lognorm_timesteps_are_logit_normal_in_open_unit_interval():
     t = t.double()
     logit = torch.log(t) - torch.log1p(-t)
 
-    assert 0 < t.min() and t.max() < 1
+    assert t.min() > 0 and t.max() < 1
     # Standard errors on 200k samples: mean 0.21/sqrt(n) ≈ 5e-4 for t, 1/sqrt(n) ≈ 2.2e-3 for the logit.
     assert abs(t.mean() - 0.5) < 0.003
     assert abs(logit.mean()) < 0.012
@@ -80,7 +86,7 @@ def test_lognorm_timesteps_are_logit_normal_in_open_unit_interval():
 def test_uniform_timesteps_when_lognorm_is_off():
     t = sample_timesteps(N_T, use_lognorm=False, generator=torch.Generator().manual_seed(0)).double()
 
-    assert 0 <= t.min() and t.max() < 1
+    assert t.min() >= 0 and t.max() < 1
     assert abs(t.mean() - 0.5) < 0.003
     assert abs(t.var() - 1 / 12) < 0.002
     assert abs(((t > 0.25) & (t < 0.75)).double().mean() - 0.5) < 0.005
@@ -173,12 +179,13 @@ def test_cosine_term_ignores_the_length_of_a_parallel_prediction():
     losses = training_loss(lambda x, t: 3 * data, data, t=torch.full((3,), 0.5, dtype=torch.float64), noise=noise)
 
     assert abs(losses["cosine"]) < 1e-12
-    torch.testing.assert_close(losses["mse"], 4 * (data ** 2).mean())
+    torch.testing.assert_close(losses["mse"], 4 * (data**2).mean())
     torch.testing.assert_close(losses["loss"], losses["mse"] + losses["cosine"])
 
 
 def _two_sample_example():
     """(B=2, C=2, H=1, W=2): each sample has two positions, each position a 2-channel vector."""
+
     def batch(vectors):  # vectors[b][w] = (c0, c1)
         return torch.tensor(vectors, dtype=torch.float64).permute(0, 2, 1).unsqueeze(2)
 
@@ -247,7 +254,7 @@ def gaussian_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     assert (t == t[0]).all()
     t = t[0]
     eye = torch.eye(2, dtype=torch.float64)
-    s_t = t ** 2 * SIGMA + (1 - t) ** 2 * eye
+    s_t = t**2 * SIGMA + (1 - t) ** 2 * eye
     cross = t * SIGMA - (1 - t) * eye
     # Rows: A_t y = y A_t^T = y S_t^{-1} cross, since S_t and cross are symmetric.
     return MU + (x - t * MU) @ torch.linalg.solve(s_t, cross)
@@ -265,7 +272,7 @@ def assert_gaussian_moments(samples: torch.Tensor) -> None:
     mean, cov = samples.mean(0), samples.T.cov()
     mean_se = (SIGMA.diagonal() / n).sqrt()
     # Var of a sample covariance entry of a Gaussian: (Sigma_ij^2 + Sigma_ii Sigma_jj) / n.
-    cov_se = ((SIGMA ** 2 + SIGMA.diagonal()[:, None] * SIGMA.diagonal()[None, :]) / n).sqrt()
+    cov_se = ((SIGMA**2 + SIGMA.diagonal()[:, None] * SIGMA.diagonal()[None, :]) / n).sqrt()
     assert ((mean - MU).abs() < 5 * mean_se).all(), (mean, MU)
     assert ((cov - SIGMA).abs() < 5 * cov_se).all(), (cov, SIGMA)
 
@@ -305,10 +312,12 @@ def test_sampler_lands_on_the_data_distribution():
 def test_sampler_evaluates_the_velocity_at_the_official_step_times():
     seen = {"euler": [], "heun": []}
     for method in seen:
+
         def velocity(x, t, method=method):
             assert t.shape == (3,) and (t == t[0]).all()
             seen[method].append(t[0].item())
             return torch.zeros_like(x)
+
         sample_ode(velocity, torch.zeros(3, 2), num_steps=5, method=method)
     # torchdiffeq fixed grid: euler evaluates at each step start (never at t = 1); heun2 (explicit
     # trapezoid) at start and end of every step, the last one included.
@@ -341,8 +350,9 @@ def test_shifted_grid_still_lands_on_the_data_distribution():
         assert (samples - exact).abs().max() < 0.01
     # The shift changes only the grid: on a coarse grid (8 steps) the two results differ by more than
     # the fine-grid error above, and both are discretisations of the same map.
-    coarse = [sample_ode(gaussian_velocity, noise[:64], num_steps=9, method="heun", shift=shift)
-              for shift in (1.0, 0.3)]
+    coarse = [
+        sample_ode(gaussian_velocity, noise[:64], num_steps=9, method="heun", shift=shift) for shift in (1.0, 0.3)
+    ]
     assert (coarse[0] - coarse[1]).abs().max() > 0.02
     assert max((sample - exact[:64]).abs().max() for sample in coarse) < 0.1
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from mdgen.data.validation import format_summary, validate_dataset
-from mdgen.validate_dataset import main
+from mdgen.stages.validate_dataset import main
 
 NUM_CLASSES, SIZE = 3, 32
 rng = np.random.default_rng(0)
@@ -41,7 +41,9 @@ def make_tree(root, mode="RGB", train=2, val=1):
     paths = []
     for split, n in (("train", train), ("val", val)):
         for user in range(NUM_CLASSES):
-            paths += [save_image(os.path.join(root, split, f"user_{user:02d}", f"{i}.png"), mode=mode) for i in range(n)]
+            paths += [
+                save_image(os.path.join(root, split, f"user_{user:02d}", f"{i}.png"), mode=mode) for i in range(n)
+            ]
     return paths
 
 
@@ -63,9 +65,25 @@ def run_stage(tmp_path, root, capsys):
         before = snapshot(root)
         out = tmp_path / f"out_{on_bad_file}_{len(os.listdir(tmp_path))}"
         manifest, report = out / "manifest.csv", out / "report.json"
-        rc = main(["--root", root, "--num-classes", str(NUM_CLASSES), "--size", str(SIZE),
-                   "--channels", str(channels), "--on-bad-file", on_bad_file,
-                   "--manifest", str(manifest), "--report", str(report), *args])
+        rc = main(
+            [
+                "--root",
+                root,
+                "--num-classes",
+                str(NUM_CLASSES),
+                "--size",
+                str(SIZE),
+                "--channels",
+                str(channels),
+                "--on-bad-file",
+                on_bad_file,
+                "--manifest",
+                str(manifest),
+                "--report",
+                str(report),
+                *args,
+            ]
+        )
         assert snapshot(root) == before
         rows = list(csv.DictReader(manifest.read_text().splitlines())) if manifest.exists() else None
         return rc, rows, json.loads(report.read_text()), capsys.readouterr().out
@@ -135,7 +153,9 @@ def test_hidden_and_extra_entries_are_ignored_but_reported(run_stage, root):
     rc, rows, report, _ = run_stage()
     assert rc == 0 and len(rows) == len(paths) and report["problems"] == []
     assert report["ignored"] == [os.path.join(root, "README.txt")]
-    assert sorted(report["hidden"]) == sorted([os.path.join(root, ".git"), os.path.join(root, "train/user_00/.DS_Store")])
+    assert sorted(report["hidden"]) == sorted(
+        [os.path.join(root, ".git"), os.path.join(root, "train/user_00/.DS_Store")]
+    )
 
 
 def build_messy_tree(root):
@@ -184,7 +204,8 @@ def test_missing_split_fails_even_with_skip(run_stage, root):
         rc, rows, report, log = run_stage(on_bad_file=on_bad_file)
         assert rc == 1 and rows is None
         assert [(p["kind"], p["path"], p["fatal"]) for p in report["problems"]] == [
-            ("missing_split", os.path.join(root, "val"), True)]  # and no per-user noise for val
+            ("missing_split", os.path.join(root, "val"), True)
+        ]  # and no per-user noise for val
         assert "cannot help" in log
 
 
@@ -244,7 +265,9 @@ def test_empty_user_folder_warns_and_the_missing_user_fails(run_stage, root):
     rc, rows, report, _ = run_stage(on_bad_file="skip")
     assert rc == 1 and rows is None
     assert {(p["kind"], p["severity"]) for p in report["problems"]} == {
-        ("empty_folder", "warning"), ("user_missing_val", "error")}
+        ("empty_folder", "warning"),
+        ("user_missing_val", "error"),
+    }
     assert kinds_at(report, os.path.join(root, "val", "user_02")) == {"empty_folder", "user_missing_val"}
 
 
@@ -278,7 +301,7 @@ def test_truncated_png(run_stage, root):
 
 def idat_data_range(png: bytes):
     start = png.index(b"IDAT") + 4
-    return start, start + struct.unpack(">I", png[start - 8:start - 4])[0]
+    return start, start + struct.unpack(">I", png[start - 8 : start - 4])[0]
 
 
 def test_corrupt_png_of_the_right_length(run_stage, root):
@@ -286,7 +309,7 @@ def test_corrupt_png_of_the_right_length(run_stage, root):
     data = bytearray(Path(good[1]).read_bytes())
     start, end = idat_data_range(bytes(data))
     middle = (start + end) // 2
-    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
     bad = os.path.join(root, "train", "user_00", "flipped.png")
     Path(bad).write_bytes(bytes(data))
     assert os.path.getsize(bad) == os.path.getsize(good[1])
@@ -301,13 +324,19 @@ def test_decompression_bomb_is_rejected_from_its_header_without_decoding(run_sta
     good = make_tree(root)
     bad = os.path.join(root, "train", "user_02", "bomb.png")
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)  # 10^10 grey pixels
-    Path(bad).write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
-                          + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + png_chunk(b"IEND", b""))
+    Path(bad).write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + png_chunk(b"IEND", b"")
+    )
     assert os.path.getsize(bad) < 200
 
     decoded_sizes = []
     original_load = ImageFile.ImageFile.load
-    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded_sizes.append(self.size) or original_load(self))
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda self: decoded_sizes.append(self.size) or original_load(self)
+    )
     limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # PIL's own bomb warning would fail the test
@@ -315,7 +344,7 @@ def test_decompression_bomb_is_rejected_from_its_header_without_decoding(run_sta
         report = assert_rejected(run_stage, good, bad, "too_large")
         assert time.perf_counter() - start < 5
     assert (100_000, 100_000) not in decoded_sizes and len(decoded_sizes) > 0
-    assert Image.MAX_IMAGE_PIXELS == limit
+    assert limit == Image.MAX_IMAGE_PIXELS
     assert "100000x100000 = 10,000,000,000 pixels" in report["problems"][0]["message"]
 
 

@@ -9,9 +9,9 @@ import torch
 from mdgen.models.vavae import (
     CheckpointMismatchError,
     DiagonalGaussianDistribution,
-    VAVAE,
     load_vavae,
     save_official,
+    VAVAE,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -30,12 +30,14 @@ def shapes(model):
 
 def fake_official_checkpoint(model):
     """What the released file looks like: the autoencoder plus the loss and the DINOv2 teacher."""
-    state_dict = {**model.official_state_dict(),
-                  "loss.logvar": torch.zeros(()),
-                  "loss.discriminator.main.0.weight": torch.zeros(64, 3, 4, 4),
-                  "loss.perceptual_loss.net.slice1.0.weight": torch.zeros(64, 3, 3, 3),
-                  "foundation_model.model.cls_token": torch.zeros(1, 1, 1024),
-                  "foundation_model.model.patch_embed.proj.weight": torch.zeros(1024, 3, 14, 14)}
+    state_dict = {
+        **model.official_state_dict(),
+        "loss.logvar": torch.zeros(()),
+        "loss.discriminator.main.0.weight": torch.zeros(64, 3, 4, 4),
+        "loss.perceptual_loss.net.slice1.0.weight": torch.zeros(64, 3, 3, 3),
+        "foundation_model.model.cls_token": torch.zeros(1, 1, 1024),
+        "foundation_model.model.patch_embed.proj.weight": torch.zeros(1024, 3, 14, 14),
+    }
     return {"state_dict": state_dict}
 
 

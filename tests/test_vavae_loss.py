@@ -13,14 +13,14 @@ import torchvision
 from safetensors.torch import save_file
 
 from mdgen.losses import (
-    FoundationModel,
-    LPIPSWithDiscriminator,
-    NLayerDiscriminator,
-    PerceptualLoss,
     adaptive_weight,
     adopt_weight,
     build_lpips,
+    FoundationModel,
     hinge_d_loss,
+    LPIPSWithDiscriminator,
+    NLayerDiscriminator,
+    PerceptualLoss,
     vanilla_d_loss,
     vf_loss,
     weights_init,

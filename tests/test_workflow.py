@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +12,26 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from conftest import TINY as TINY_MODELS
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-from conftest import TINY as TINY_MODELS
 
-TINY = {"data": {"num_classes": 4, "size": 32}, "simulator": {"train_per_user": 3, "val_per_user": 2},
-        **{section: TINY_MODELS[section] for section in ("vae", "dit", "sample", "evaluation")}}
-STAGES = ["simulate_dataset", "validate_dataset", "finetune_vae", "evaluate_vae", "extract_latents", "train_dit", "sample",
-          "evaluate_generation"]
+TINY = {
+    "data": {"num_classes": 4, "size": 32},
+    "simulator": {"train_per_user": 3, "val_per_user": 2},
+    **{section: TINY_MODELS[section] for section in ("vae", "dit", "sample", "evaluation")},
+}
+STAGES = [
+    "simulate_dataset",
+    "validate_dataset",
+    "finetune_vae",
+    "evaluate_vae",
+    "extract_latents",
+    "train_dit",
+    "sample",
+    "evaluate_generation",
+]
 MANIFEST = "results/dataset/manifest.csv"
 
 
@@ -54,9 +66,27 @@ def test_lint_is_clean():
 
 
 def test_snakefmt_check_passes():
-    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff_is_clean(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "src", "tests", "benchmarks"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_stage_imports_another_stage():
+    stages = sorted((REPO / "src/mdgen/stages").glob("*.py"))
+    assert len(stages) == 9  # 8 rule scripts and the package's __init__
+    importing = re.compile(r"^\s*(from|import) mdgen\.stages", re.M)
+    for stage in stages:
+        message = f"{stage.name} imports a stage: move what it needs to the library"
+        assert not importing.search(stage.read_text()), message
 
 
 def test_default_config_plans_the_whole_dag():
@@ -68,14 +98,29 @@ def test_default_config_plans_the_whole_dag():
     "change, message",
     [
         ({"data": {"size": "big"}}, "Invalid config at data.size: 'big' is not of type 'integer'"),
-        ({"data": {"sizee": 64}}, "Invalid config at data: Additional properties are not allowed ('sizee' was unexpected)"),
-        ({"diffusion": {"depth": 2}}, "Invalid config at (top level): Additional properties are not allowed ('diffusion' was unexpected)"),
-        ({"dit": {"depth": 2}}, "Invalid config at dit: Additional properties are not allowed ('depth' was unexpected)"),
+        (
+            {"data": {"sizee": 64}},
+            "Invalid config at data: Additional properties are not allowed ('sizee' was unexpected)",
+        ),
+        (
+            {"diffusion": {"depth": 2}},
+            "Invalid config at (top level): Additional properties are not allowed ('diffusion' was unexpected)",
+        ),
+        (
+            {"dit": {"depth": 2}},
+            "Invalid config at dit: Additional properties are not allowed ('depth' was unexpected)",
+        ),
         ({"data": {"channels": 2}}, "Invalid config at data.channels: 2 is not one of [1, 3]"),
         ({"data": {"size": 40}}, "Invalid config at data.size: 40 is not a multiple of 16"),
         ({"data": {"source": "folder"}}, "Invalid config at data.root: None is not of type 'string'"),
-        ({"simulator": {"prf_hz": -1}}, "Invalid config at simulator.prf_hz: -1 is less than or equal to the minimum of 0"),
-        ({"dit": {"trainer": {"devices": 0}}}, "Invalid config at dit.trainer.devices: 0 is less than the minimum of 1"),
+        (
+            {"simulator": {"prf_hz": -1}},
+            "Invalid config at simulator.prf_hz: -1 is less than or equal to the minimum of 0",
+        ),
+        (
+            {"dit": {"trainer": {"devices": 0}}},
+            "Invalid config at dit.trainer.devices: 0 is less than the minimum of 1",
+        ),
         ({"resources": {"gpu_model": "a 100"}}, "Invalid config at resources.gpu_model: 'a 100' does not match"),
     ],
 )
@@ -89,8 +134,16 @@ def test_bad_config_is_rejected_with_the_key_named(tmp_path, change, message):
 
 
 def test_nested_command_line_values_get_the_schema_types(tmp_path):
-    command = [sys.executable, "-m", "snakemake", "-n", "-p", "--config", 'data={"size": 64, "channels": 1}',
-               'evaluation={"low_data_k": [4]}']
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "-p",
+        "--config",
+        'data={"size": 64, "channels": 1}',
+        'evaluation={"low_data_k": [4]}',
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -130,7 +183,9 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
     for name in ("dit.pt", "metrics.csv", "curves.png"):
         assert (tmp_path / "results/dit" / name).stat().st_size > 0
     samples = sorted(p.relative_to(tmp_path / "results/samples") for p in (tmp_path / "results/samples").rglob("*.png"))
-    assert [str(p) for p in samples] == ["grid.png"] + [f"user_{u:02d}/sample_{i:04d}.png" for u in range(4) for i in range(2)]
+    assert [str(p) for p in samples] == ["grid.png"] + [
+        f"user_{u:02d}/sample_{i:04d}.png" for u in range(4) for i in range(2)
+    ]
 
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n", config=TINY))
     # Each setting reruns its own stage and what depends on it, nothing upstream.
@@ -160,7 +215,9 @@ def user_folder(tmp_path):
         for user in ("user_00", "user_01"):
             (root / split / user).mkdir(parents=True)
             for i in range(count):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / user / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / user / f"{i}.png"
+                )
     (root / "train/user_01/notes.png").write_text("not an image")
     return root
 

@@ -25,7 +25,9 @@ def load_config(text_or_path: str, *sections: str) -> dict:
     except json.JSONDecodeError:
         config = yaml.safe_load(text)
     if not isinstance(config, dict):
-        raise SystemExit(f"--config must be a mapping of sections (JSON, YAML or a YAML file), got: {text_or_path[:200]!r}")
+        raise SystemExit(
+            f"--config must be a mapping of sections (JSON, YAML or a YAML file), got: {text_or_path[:200]!r}"
+        )
     if SCHEMA.exists():  # a checkout (always, when Snakemake runs the stage)
         validate(config, str(SCHEMA), set_default=True)
     missing = [s for s in sections if s not in config]

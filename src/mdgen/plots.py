@@ -1,4 +1,4 @@
-"""Figures the stages write: training curves and image grids."""
+"""Figures the stages write: training curves, image grids and the evaluation's plots."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mdgen.data.dataset import to_uint8  # noqa: E402
 
 
 def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -25,8 +28,9 @@ def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {name: tuple(np.array(column) for column in zip(*points)) for name, points in series.items()}
 
 
-def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str, panels: dict[str, list[str]],
-                xlabel: str = "step") -> None:
+def plot_curves(
+    metrics_csv: str | Path, out_png: str | Path, title: str, panels: dict[str, list[str]], xlabel: str = "step"
+) -> None:
     """One panel per group of metrics (against the logged step); groups with no data are left out."""
     metrics = read_metrics(metrics_csv)
     panels = {name: [m for m in names if m in metrics] for name, names in panels.items()}
@@ -42,18 +46,24 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str, panels
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if not panels:
         axes[0, 0].text(0.5, 0.5, "no metrics logged yet", ha="center", va="center")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    fig.savefig(out_png, dpi=100, format="png")
     plt.close(fig)
 
 
-def image_grid(rows: list[list[np.ndarray]], row_labels: list[str], column_labels: list[str],
-               out_png: str | Path, title: str = "", cell_inches: float = 1.8) -> None:
+def image_grid(
+    rows: list[list[np.ndarray]],
+    row_labels: list[str],
+    column_labels: list[str],
+    out_png: str | Path,
+    title: str = "",
+    cell_inches: float = 1.8,
+) -> None:
     """A labelled grid of uint8 images (H×W or H×W×3), e.g. input | reconstruction per user."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     figsize = (cell_inches * n_cols + 0.8, cell_inches * n_rows + 0.6)
@@ -73,5 +83,108 @@ def image_grid(rows: list[list[np.ndarray]], row_labels: list[str], column_label
                 ax.set_ylabel(row_labels[i], fontsize=9)
     if title:
         fig.suptitle(title)
-    fig.savefig(out_png, dpi=100)
+    fig.savefig(out_png, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_accuracy_vs_ratio(results: dict, out_png: Path) -> None:
+    """Real-val accuracy against the synthetic:real ratio (0 = real only), with CAS and chance as lines."""
+    ratios = [0.0] + [r["ratio"] for r in results["augmented"]]
+    protocols = [results["real_only"]] + results["augmented"]
+    means = [p["val_accuracy"]["mean"] for p in protocols]
+    stds = [p["val_accuracy"]["std"] for p in protocols]
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    ax.errorbar(ratios, means, yerr=stds, marker="o", capsize=4, label="real + synthetic (0 = real only)")
+    cas = results["synthetic_only"]["val_accuracy"]
+    ax.axhline(cas["mean"], color="tab:red", linestyle="--", label=f"synthetic only (CAS) {cas['mean']:.2f}")
+    ax.axhspan(cas["mean"] - cas["std"], cas["mean"] + cas["std"], color="tab:red", alpha=0.1)
+    ax.axhline(1 / results["num_classes"], color="grey", linestyle=":", label="chance")
+    ax.set_xlabel("synthetic : real images per user")
+    ax.set_ylabel("accuracy on the real val split")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Person identification (mean ± std over {len(results['seeds'])} seeds)")
+    fig.savefig(out_png, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_per_user(fidelity: list, real_val: list, out_png: Path) -> None:
+    """Per user: the real-trained classifier's accuracy on real val images and on generated samples."""
+    users = np.arange(len(fidelity))
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(users)), 4), layout="constrained")
+    ax.bar(users - 0.2, [np.nan if v is None else v for v in real_val], 0.4, label="real val images")
+    ax.bar(users + 0.2, [np.nan if v is None else v for v in fidelity], 0.4, label="generated samples")
+    ax.set_xticks(users, [f"{u:02d}" for u in users], fontsize=7)
+    ax.set_xlabel("user")
+    ax.set_ylabel("classified as their user")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("Per-user accuracy of the real-trained classifier")
+    fig.savefig(out_png, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list, out_png: Path) -> None:
+    """Row-normalised confusion of the samples: generated for (rows) vs classified as (columns)."""
+    matrix = np.array(confusion, dtype=float)
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), layout="constrained")
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="fraction of the user's samples")
+    ax.set_xlabel("classified as user")
+    ax.set_ylabel("generated for user")
+    ax.set_title("Generated samples through the real-trained classifier")
+    fig.savefig(out_png, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_pairs(
+    pairs: list, sample_images: torch.Tensor, train_images: torch.Tensor, threshold: float, out_png: Path
+) -> None:
+    fig, axes = plt.subplots(2, len(pairs), figsize=(1.6 * len(pairs), 3.6), squeeze=False, layout="constrained")
+    for column, (sample, train, distance) in enumerate(pairs):
+        for row, image in enumerate((sample_images[sample], train_images[train])):
+            array = to_uint8(image[None])[0]
+            axes[row, column].imshow(array, cmap="gray" if array.ndim == 2 else None)
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+        axes[0, column].set_title(
+            f"d = {distance:.2f}", fontsize=8, color="tab:red" if distance < threshold else "black"
+        )
+    axes[0, 0].set_ylabel("sample")
+    axes[1, 0].set_ylabel("nearest train")
+    fig.suptitle(f"Closest sample–training pairs (red: below the memorisation threshold {threshold:.2f})")
+    fig.savefig(out_png, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_identity(table: dict, out_png: Path) -> None:
+    """Where identity is lost: for each generator, bars for real val → VA-VAE reconstruction →
+    samples (fidelity) → trained on samples (CAS), mean ± std over seeds, with chance as a line."""
+    steps = [("real_val", "real val"), ("reconstructions", "reconstruction"), ("fidelity", "samples"), ("cas", "CAS")]
+    generators = list(table["generators"])
+    width = 0.8 / len(generators)
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    positions = np.arange(len(steps))
+    for i, name in enumerate(generators):
+        row = table["generators"][name]
+        means = [row[key]["mean"] for key, _ in steps]
+        stds = [row[key]["std"] for key, _ in steps]
+        bars = ax.bar(
+            positions + (i - (len(generators) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            capsize=3,
+            label=table["labels"].get(name, name),
+        )
+        ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], fontsize=7, padding=2)
+    ax.axhline(table["chance"], color="grey", linestyle=":", label="chance")
+    ax.set_xticks(positions, [label for _, label in steps])
+    ax.set_ylabel("accuracy of the real-trained classifier")
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("Where identity is lost (real val split)")
+    fig.savefig(out_png, dpi=100, format="png")
     plt.close(fig)

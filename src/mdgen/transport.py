@@ -27,7 +27,7 @@ SiT's `Linear` path with `prediction: velocity`:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,14 @@ SAMPLING_METHODS = ("euler", "heun")
 # Training
 # --------------------------------------------------------------------------------------------
 
-def sample_timesteps(batch_size: int, *, use_lognorm: bool, generator: torch.Generator | None = None,
-                     device: torch.device | str | None = None) -> Tensor:
+
+def sample_timesteps(
+    batch_size: int,
+    *,
+    use_lognorm: bool,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Training times t, shape (batch_size,), float32, 0 = noise and 1 = data.
 
     Logit-normal (sigmoid of a standard normal) when `use_lognorm`, else uniform on [0, 1).
@@ -77,10 +83,17 @@ def _mean_over_non_batch(x: Tensor) -> Tensor:
     return x.mean(dim=tuple(range(1, x.ndim))) if x.ndim > 1 else x
 
 
-def training_loss(model_fn: Callable[..., Tensor], data: Tensor, model_kwargs: dict | None = None, *,
-                  use_lognorm: bool = True, use_cosine_loss: bool = True,
-                  generator: torch.Generator | None = None, t: Tensor | None = None,
-                  noise: Tensor | None = None) -> dict[str, Tensor]:
+def training_loss(
+    model_fn: Callable[..., Tensor],
+    data: Tensor,
+    model_kwargs: dict | None = None,
+    *,
+    use_lognorm: bool = True,
+    use_cosine_loss: bool = True,
+    generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+) -> dict[str, Tensor]:
     """The official rectified-flow loss on a batch of clean `data` (B, C, ...).
 
     `model_fn(x_t, t, **model_kwargs)` predicts the velocity. `t` (B,) and `noise` (like data)
@@ -99,8 +112,10 @@ def training_loss(model_fn: Callable[..., Tensor], data: Tensor, model_kwargs: d
 
     prediction = model_fn(x_t, t, **model_kwargs)
     if prediction.shape != target.shape:
-        raise ValueError(f"the model must return a velocity shaped like its input {tuple(target.shape)}, "
-                         f"got {tuple(prediction.shape)}")
+        raise ValueError(
+            f"the model must return a velocity shaped like its input {tuple(target.shape)}, "
+            f"got {tuple(prediction.shape)}"
+        )
 
     mse = _mean_over_non_batch((prediction - target) ** 2)  # (B,)
     # Cosine over dim 1, the channels of a latent (B, C, H, W): one direction per position.
@@ -113,6 +128,7 @@ def training_loss(model_fn: Callable[..., Tensor], data: Tensor, model_kwargs: d
 # Sampling
 # --------------------------------------------------------------------------------------------
 
+
 def shift_timesteps(t: Tensor, shift: float) -> Tensor:
     """The official time shift t' = s·t / (1 + (s - 1)·t), applied to times where 0 = noise.
 
@@ -122,22 +138,27 @@ def shift_timesteps(t: Tensor, shift: float) -> Tensor:
     direction (with u = 1 - t the noise level, u' = (u/s) / (1 + (1/s - 1)·u)).
     """
     if not shift > 0:
-        raise ValueError(f"timestep shift must be > 0 (1 means no shift), got {shift}; the official "
-                         "sampler's timestep_shift 0 also means no shift, so pass 1.0 for it")
+        raise ValueError(
+            f"timestep shift must be > 0 (1 means no shift), got {shift}; the official "
+            "sampler's timestep_shift 0 also means no shift, so pass 1.0 for it"
+        )
     # Same map written as s·t / (s·t + 1 - t): the endpoints come out exactly 0 and 1.
     return shift * t / (shift * t + (1 - t))
 
 
-def sampling_timesteps(num_steps: int, *, shift: float = 1.0, device: torch.device | str | None = None,
-                       dtype: torch.dtype = torch.float32) -> Tensor:
+def sampling_timesteps(
+    num_steps: int, *, shift: float = 1.0, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """The grid the official ODE sampler walks: num_steps times from 0 (noise) to 1 (data).
 
     As in the official `integrators.ode`, `num_steps` counts grid points, both ends included: it is
     the config's `num_sampling_steps`, and a solver takes num_steps - 1 steps. No sample_eps.
     """
     if num_steps < 2:
-        raise ValueError(f"num_steps (the official num_sampling_steps) counts the points of the time grid, "
-                         f"both ends included, so it must be >= 2 (one step); got {num_steps}")
+        raise ValueError(
+            f"num_steps (the official num_sampling_steps) counts the points of the time grid, "
+            f"both ends included, so it must be >= 2 (one step); got {num_steps}"
+        )
     grid = torch.linspace(0.0, 1.0, num_steps, dtype=torch.float64)
     return shift_timesteps(grid, shift).to(device=device, dtype=dtype)
 
@@ -150,8 +171,9 @@ def sampling_timesteps(num_steps: int, *, shift: float = 1.0, device: torch.devi
 # ~29% of the steps unguided (t' < 0.11 <=> t < 0.11 / (0.3 + 0.7·0.11) ≈ 0.29). Heun's second
 # evaluation in a step sees the step's end time and is gated by it.
 @torch.no_grad()
-def sample_ode(velocity_fn: VelocityFn, noise: Tensor, *, num_steps: int, method: str = "euler",
-               shift: float = 1.0) -> Tensor:
+def sample_ode(
+    velocity_fn: VelocityFn, noise: Tensor, *, num_steps: int, method: str = "euler", shift: float = 1.0
+) -> Tensor:
     """Integrate dx/dt = velocity_fn(x, t) from `noise` at t = 0 to data at t = 1.
 
     `velocity_fn(x, t)` gets x (B, ...) and t (B,) filled with the current grid time. The grid is
@@ -165,8 +187,9 @@ def sample_ode(velocity_fn: VelocityFn, noise: Tensor, *, num_steps: int, method
         raise ValueError(f"unknown sampling method {method!r}; expected one of {SAMPLING_METHODS}")
     # At least float32 for the grid and the state: bfloat16 would repeat times on a 250-point grid
     # and lose the small steps' increments.
-    times = sampling_timesteps(num_steps, shift=shift, device=noise.device,
-                               dtype=torch.promote_types(noise.dtype, torch.float32))
+    times = sampling_timesteps(
+        num_steps, shift=shift, device=noise.device, dtype=torch.promote_types(noise.dtype, torch.float32)
+    )
     batch = noise.shape[0]
 
     def velocity(x: Tensor, t: Tensor) -> Tensor:

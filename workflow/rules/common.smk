@@ -84,11 +84,16 @@ def dataset_files(wildcards):
     )
 
 
-def stage_config(*sections):
-    """The config a stage script reads, as the JSON its --config takes. Of the data section only
-    what models depend on: validation settings must not retrain them."""
+def stage_config(*sections, **subsections):
+    """The config a stage script reads, as the JSON its --config takes: whole sections, and of
+    `subsections` (section=keys) only those keys, so that other settings of that section do not
+    rerun the stage. Of the data section only what models depend on: validation settings must not
+    retrain them."""
     data = {key: config["data"][key] for key in ("size", "channels", "num_classes")}
-    return json.dumps({"data": data} | {s: config[s] for s in sections}, sort_keys=True)
+    parts = {s: config[s] for s in sections} | {
+        s: {key: config[s][key] for key in keys} for s, keys in subsections.items()
+    }
+    return json.dumps({"data": data} | parts, sort_keys=True)
 
 
 def pretrained_files(section):

@@ -23,7 +23,7 @@ rule simulate_dataset:
         channels=config["data"]["channels"],
         sim=config["simulator"],
     shell:
-        "python -m mdgen.simulate_dataset --out {params.out} --workers {threads}"
+        "python -m mdgen.stages.simulate_dataset --out {params.out} --workers {threads}"
         " --num-users {params.num_users} --size {params.size} --channels {params.channels}"
         " --seed {params.sim[seed]} --train-per-user {params.sim[train_per_user]}"
         " --val-per-user {params.sim[val_per_user]}"
@@ -54,7 +54,7 @@ rule validate_dataset:
         root=dataset_root(),
         data=config["data"],
     shell:
-        "python -m mdgen.validate_dataset --root {params.root:q} --workers {threads}"
+        "python -m mdgen.stages.validate_dataset --root {params.root:q} --workers {threads}"
         " --num-classes {params.data[num_classes]} --size {params.data[size]}"
         " --channels {params.data[channels]} --on-bad-file {params.data[on_bad_file]}"
         " --max-pixels {params.data[max_pixels]}"

@@ -30,7 +30,7 @@ rule train_dit:
         config=stage_config("dit"),
         subset="",
     shell:
-        "{params.launch} -m mdgen.train_dit --latents {params.latents} --vae {input.vae}"
+        "{params.launch} -m mdgen.stages.train_dit --latents {params.latents} --vae {input.vae}"
         " --out-dir {params.out_dir} --config {params.config:q} {params.subset} > {log} 2>&1"
 
 
@@ -59,7 +59,7 @@ rule sample:
         out_dir=lambda wildcards, output: Path(output.grid).parent,
         config=stage_config("sample"),
     shell:
-        "{params.launch} -m mdgen.sample --dit {input.dit} --vae {input.vae} --out-dir {params.out_dir}"
+        "{params.launch} -m mdgen.stages.sample --dit {input.dit} --vae {input.vae} --out-dir {params.out_dir}"
         " --config {params.config:q} > {log} 2>&1"
 
 

@@ -5,12 +5,18 @@ rule evaluate_generation:
     input:
         manifest="results/dataset/manifest.csv",
         samples=rules.sample.output.users,
+        vae_eval=rules.evaluate_vae.output.metrics,
         low_data=expand(
             "results/lowdata/k{k}/samples/grid.png",
             k=config["evaluation"]["low_data_k"],
         ),
     output:
         generation="results/eval/generation.json",
+        identity=report(
+            "results/eval/identity.png",
+            caption="../report/identity.rst",
+            category="Evaluation",
+        ),
         table=report(
             "results/eval/metrics.csv",
             caption="../report/metrics.rst",
@@ -55,5 +61,5 @@ rule evaluate_generation:
             for k, grid in zip(config["evaluation"]["low_data_k"], input.low_data)
         ),
     shell:
-        "python -m mdgen.evaluate_generation --manifest {input.manifest} --samples {params.samples}"
-        " --out-dir {params.out_dir} --config {params.config:q} --threads {threads} {params.low_data} > {log} 2>&1"
+        "python -m mdgen.stages.evaluate_generation --manifest {input.manifest} --samples {params.samples}"
+        " --vae-eval {input.vae_eval} --out-dir {params.out_dir} --config {params.config:q} --threads {threads} {params.low_data} > {log} 2>&1"

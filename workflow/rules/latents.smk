@@ -21,5 +21,5 @@ rule extract_latents:
         out_dir=lambda wildcards, output: Path(output.train).parent,
         config=stage_config("latents"),
     shell:
-        "python -m mdgen.extract_latents --manifest {input.manifest} --vae {input.vae}"
+        "python -m mdgen.stages.extract_latents --manifest {input.manifest} --vae {input.vae}"
         " --out-dir {params.out_dir} --config {params.config:q} > {log} 2>&1"

@@ -27,7 +27,7 @@ rule finetune_vae:
         out_dir=lambda wildcards, output: Path(output.vae).parent,
         config=stage_config("vae"),
     shell:
-        "{params.launch} -m mdgen.finetune_vae --manifest {input.manifest} --out-dir {params.out_dir}"
+        "{params.launch} -m mdgen.stages.finetune_vae --manifest {input.manifest} --out-dir {params.out_dir}"
         " --config {params.config:q} > {log} 2>&1"
 
 
@@ -53,8 +53,9 @@ rule evaluate_vae:
     resources:
         **gpu_resources("evaluate_vae"),
     params:
-        config=stage_config("vae"),
+        # The identity table trains the evaluation classifier: its seeds and recipe.
+        config=stage_config("vae", evaluation=("seeds", "classifier")),
     shell:
-        "python -m mdgen.evaluate_vae --manifest {input.manifest} --vae {input.vae}"
+        "python -m mdgen.stages.evaluate_vae --manifest {input.manifest} --vae {input.vae}"
         " --config {params.config:q} --out-json {output.metrics} --out-png {output.figure}"
         " > {log} 2>&1"

@@ -30,8 +30,10 @@ def per_user_subset(labels, per_user: int, seed: int) -> list[int]:
     for label in np.unique(labels):
         candidates = np.flatnonzero(labels == label)
         if per_user > len(candidates):
-            raise ValueError(f"user_{label:02d} has {len(candidates)} training images, fewer than the {per_user} per "
-                             "user the low-data study asks for: lower evaluation.low_data_k")
+            raise ValueError(
+                f"user_{label:02d} has {len(candidates)} training images, fewer than the {per_user} per "
+                "user the low-data study asks for: lower evaluation.low_data_k"
+            )
         chosen.append(rng.choice(candidates, per_user, replace=False))
     return sorted(int(i) for i in np.concatenate(chosen))
 
@@ -42,6 +44,12 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     if array.ndim == 2:
         array = array[..., None]
     return torch.from_numpy(array.transpose(2, 0, 1) / 127.5 - 1.0)
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """[-1, 1] tensors (B, C, H, W) as uint8 arrays (H, W) or (H, W, 3)."""
+    array = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [a[..., 0] if a.shape[-1] == 1 else a for a in array]
 
 
 class MicroDopplerDataset(Dataset):

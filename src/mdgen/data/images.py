@@ -58,9 +58,7 @@ def convert_spectrogram(image: Image.Image, channels: int) -> tuple[Image.Image,
         steps.append(f"{source} -> L: 16-bit values are scaled by 255/65535 (value/257)")
 
     if image.mode in ("I", "F"):
-        raise ConversionError(
-            f"mode {image.mode} (32-bit) images are not supported; save them as 8- or 16-bit PNG"
-        )
+        raise ConversionError(f"mode {image.mode} (32-bit) images are not supported; save them as 8- or 16-bit PNG")
     if image.mode == "CMYK":
         raise ConversionError(
             "CMYK colours depend on an ICC profile this pipeline does not apply; "

@@ -34,11 +34,21 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mdgen.data.dataset import class_label
 
 ARRAYS = ("latents", "labels", "paths")
-ATTRIBUTES = ("mean", "std", "vae_sha256", "vae_config", "image_size", "channels", "sample_posterior", "dtype",
-              "split", "count_per_user", "seed")
+ATTRIBUTES = (
+    "mean",
+    "std",
+    "vae_sha256",
+    "vae_config",
+    "image_size",
+    "channels",
+    "sample_posterior",
+    "dtype",
+    "split",
+    "count_per_user",
+    "seed",
+)
 DTYPES = ("float32", "float16")
-RERUN = "rerun extract_latents (python -m mdgen.extract_latents, or snakemake results/latents/train.zarr)"
-
+RERUN = "rerun extract_latents (python -m mdgen.stages.extract_latents, or snakemake results/latents/train.zarr)"
 
 
 class LatentStoreError(ValueError):
@@ -110,8 +120,9 @@ class LatentStoreWriter:
     whatever the batch size.
     """
 
-    def __init__(self, path: str | os.PathLike, labels: Sequence[int], paths: Sequence[str], dtype: str,
-                 chunk_size: int):
+    def __init__(
+        self, path: str | os.PathLike, labels: Sequence[int], paths: Sequence[str], dtype: str, chunk_size: int
+    ):
         if dtype not in DTYPES:
             raise ValueError(f"latent dtype must be one of {DTYPES}, got {dtype!r}")
         if len(labels) != len(paths):
@@ -137,9 +148,13 @@ class LatentStoreWriter:
             # Uncompressed: latents are noise-like floats that zstd shrinks by under 10%, while
             # decompressing a chunk takes about 3× as long as reading it (benchmarks/latent_io.py).
             self.latents = self.group.create_array(
-                "latents", shape=(self.count, *stored.shape[1:]), dtype=self.dtype,
-                chunks=(self.chunk_size, *stored.shape[1:]), compressors=None,
-                dimension_names=("sample", "channel", "y", "x"))
+                "latents",
+                shape=(self.count, *stored.shape[1:]),
+                dtype=self.dtype,
+                chunks=(self.chunk_size, *stored.shape[1:]),
+                compressors=None,
+                dimension_names=("sample", "channel", "y", "x"),
+            )
         elif stored.shape[1:] != self.latents.shape[1:]:
             raise ValueError(f"latent shape changed within the split: {self.latents.shape[1:]} then {stored.shape[1:]}")
         pending = self.written + sum(len(b) for b in self._pending)
@@ -190,15 +205,22 @@ def open_latent_store(path: str | os.PathLike) -> LatentStore:
     """Open a store written by extract_latents, or fail saying what is missing and what to do."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
-        raise LatentStoreError(f"no latent store at {path} (expected a zarr v3 group with {path / 'zarr.json'}): {RERUN}")
+        raise LatentStoreError(
+            f"no latent store at {path} (expected a zarr v3 group with {path / 'zarr.json'}): {RERUN}"
+        )
     group = zarr.open_group(path, mode="r")
     missing = [name for name in ARRAYS if name not in group]
     attrs = dict(group.attrs)
     missing += [f"attribute {key!r}" for key in ATTRIBUTES if key not in attrs]
     if missing:
         raise LatentStoreError(f"{path} is not a complete latent store: it lacks {', '.join(missing)}. {RERUN}")
-    return LatentStore(path=path, latents=group["latents"], labels=np.asarray(group["labels"][:], dtype=np.int64),
-                       paths=[str(p) for p in group["paths"][:].tolist()], attrs=attrs)
+    return LatentStore(
+        path=path,
+        latents=group["latents"],
+        labels=np.asarray(group["labels"][:], dtype=np.int64),
+        paths=[str(p) for p in group["paths"][:].tolist()],
+        attrs=attrs,
+    )
 
 
 def verify_latent_store(store: LatentStore, rows: Sequence[dict], split: str) -> None:
@@ -215,27 +237,41 @@ def verify_latent_store(store: LatentStore, rows: Sequence[dict], split: str) ->
     names = {class_label(user): user for user in count_per_user}
     for label in sorted(expected.keys() | stored.keys()):
         if expected[label] != stored[label]:
-            problems.append(f"{names.get(label, f'label {label}')} has {expected[label]} images in the manifest and "
-                            f"{stored[label]} latents in the store")
+            problems.append(
+                f"{names.get(label, f'label {label}')} has {expected[label]} images in the manifest and "
+                f"{stored[label]} latents in the store"
+            )
     if store.attrs.get("count_per_user") != count_per_user:
-        problems.append(f"its count_per_user attribute is {store.attrs.get('count_per_user')}, the manifest has "
-                        f"{count_per_user}")
+        problems.append(
+            f"its count_per_user attribute is {store.attrs.get('count_per_user')}, the manifest has {count_per_user}"
+        )
     if store.latents.shape[0] != len(rows) or len(store.paths) != len(rows):
-        problems.append(f"it holds {store.latents.shape[0]} latents and {len(store.paths)} paths for {len(rows)} manifest images")
+        problems.append(
+            f"it holds {store.latents.shape[0]} latents and {len(store.paths)} paths for {len(rows)} manifest images"
+        )
     manifest_paths = [row["path"] for row in rows]
     if store.paths != manifest_paths:
-        first = next((i for i, (a, b) in enumerate(zip(store.paths, manifest_paths)) if a != b),
-                     min(len(store.paths), len(manifest_paths)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(store.paths, manifest_paths)) if a != b),
+            min(len(store.paths), len(manifest_paths)),
+        )
         found = store.paths[first] if first < len(store.paths) else "nothing"
         wanted = manifest_paths[first] if first < len(manifest_paths) else "nothing"
-        problems.append(f"its paths leave the manifest order at index {first}: {found!r} where the manifest has {wanted!r}")
+        problems.append(
+            f"its paths leave the manifest order at index {first}: {found!r} where the manifest has {wanted!r}"
+        )
     labels = [class_label(row["user_id"]) for row in rows]
     if len(labels) == len(store.labels) and store.labels.tolist() != labels:
         wrong = int(np.flatnonzero(store.labels != np.asarray(labels))[0])
-        problems.append(f"label {store.labels[wrong]} at index {wrong} ({manifest_paths[wrong]}), expected {labels[wrong]}")
+        problems.append(
+            f"label {store.labels[wrong]} at index {wrong} ({manifest_paths[wrong]}), expected {labels[wrong]}"
+        )
     if problems:
-        raise LatentStoreError(f"{store.path} does not match the {split} split of the manifest:\n  - "
-                               + "\n  - ".join(problems) + f"\n{RERUN}")
+        raise LatentStoreError(
+            f"{store.path} does not match the {split} split of the manifest:\n  - "
+            + "\n  - ".join(problems)
+            + f"\n{RERUN}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +291,9 @@ class LatentDataset(Dataset):
     `latents_shape` (C, h, w).
     """
 
-    def __init__(self, store_path: str | os.PathLike, vae_path: str | os.PathLike | None = None,
-                 memory_limit_mb: float = 4096):
+    def __init__(
+        self, store_path: str | os.PathLike, vae_path: str | os.PathLike | None = None, memory_limit_mb: float = 4096
+    ):
         store = open_latent_store(store_path)
         if vae_path is not None:
             vae_sha256 = sha256_file(vae_path)
@@ -264,7 +301,8 @@ class LatentDataset(Dataset):
                 raise LatentStoreError(
                     f"{store.path} was made by a VAE with sha256 {store.attrs['vae_sha256']}, but {vae_path} has "
                     f"sha256 {vae_sha256}: the latents must come from the VAE that will decode them. {RERUN} "
-                    f"with --vae {vae_path}")
+                    f"with --vae {vae_path}"
+                )
         self.path = store.path
         self.attrs = store.attrs
         self.paths = store.paths
@@ -273,11 +311,15 @@ class LatentDataset(Dataset):
         self.std = torch.tensor(store.attrs["std"], dtype=torch.float32)  # (C,)
         self.latents_shape = tuple(store.latents.shape[1:])  # (C, h, w) of one latent
         if len(self.mean) != self.latents_shape[0] or len(self.std) != self.latents_shape[0]:
-            raise LatentStoreError(f"{self.path}: mean/std have {len(self.mean)}/{len(self.std)} entries for "
-                                   f"{self.latents_shape[0]} latent channels. {RERUN}")
+            raise LatentStoreError(
+                f"{self.path}: mean/std have {len(self.mean)}/{len(self.std)} entries for "
+                f"{self.latents_shape[0]} latent channels. {RERUN}"
+            )
         if not (torch.isfinite(self.std).all() and (self.std > 0).all()):
-            raise LatentStoreError(f"{self.path}: std {self.std.tolist()} has a zero or non-finite channel, so latents "
-                                   f"cannot be normalised; check the VAE (a dead latent channel?) and {RERUN}")
+            raise LatentStoreError(
+                f"{self.path}: std {self.std.tolist()} has a zero or non-finite channel, so latents "
+                f"cannot be normalised; check the VAE (a dead latent channel?) and {RERUN}"
+            )
         self.chunk_size = store.latents.chunks[0]
         float32_bytes = len(self.labels) * int(np.prod(self.latents_shape)) * 4
         self.in_memory = float32_bytes <= memory_limit_mb * 2**20
@@ -324,9 +366,16 @@ class LatentDataModule(pl.LightningDataModule):
     the DiT is trained and validated on latents normalised alike.
     """
 
-    def __init__(self, train_store: str | os.PathLike, val_store: str | os.PathLike, batch_size: int,
-                 num_workers: int = 0, vae_path: str | os.PathLike | None = None, memory_limit_mb: float = 4096,
-                 train_indices: Sequence[int] | None = None):
+    def __init__(
+        self,
+        train_store: str | os.PathLike,
+        val_store: str | os.PathLike,
+        batch_size: int,
+        num_workers: int = 0,
+        vae_path: str | os.PathLike | None = None,
+        memory_limit_mb: float = 4096,
+        train_indices: Sequence[int] | None = None,
+    ):
         """`train_indices`: train on these items of the train store only (the low-data study)."""
         super().__init__()
         self.train_indices = train_indices
@@ -343,18 +392,28 @@ class LatentDataModule(pl.LightningDataModule):
             return
         train = LatentDataset(self.train_store, self.vae_path, self.memory_limit_mb)
         val = LatentDataset(self.val_store, self.vae_path, self.memory_limit_mb)
-        differences = [key for key in ("vae_sha256", "mean", "std", "sample_posterior", "dtype", "image_size", "channels")
-                       if train.attrs[key] != val.attrs[key]]
+        differences = [
+            key
+            for key in ("vae_sha256", "mean", "std", "sample_posterior", "dtype", "image_size", "channels")
+            if train.attrs[key] != val.attrs[key]
+        ]
         if differences or train.latents_shape != val.latents_shape:
             raise LatentStoreError(
                 f"{self.train_store} and {self.val_store} come from different extractions (they differ in "
-                f"{', '.join(differences) or 'latent shape'}): {RERUN}")
+                f"{', '.join(differences) or 'latent shape'}): {RERUN}"
+            )
         self.train, self.val = train, val
 
     def _loader(self, dataset: LatentDataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=shuffle and len(dataset) > self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> DataLoader:
         fit = self.train if self.train_indices is None else Subset(self.train, list(self.train_indices))

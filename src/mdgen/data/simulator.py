@@ -212,9 +212,7 @@ def _periodic_pchip(points: list[tuple[float, float]], t: np.ndarray) -> np.ndar
     return PchipInterpolator(ts, vs)(np.mod(t, 1.0))
 
 
-def joint_angles(
-    t: np.ndarray, user: User, rv: float, support: float, amplitude: float = 1.0
-) -> dict[str, np.ndarray]:
+def joint_angles(t: np.ndarray, user: User, rv: float, support: float, amplitude: float = 1.0) -> dict[str, np.ndarray]:
     """Flexion angles (degrees) of one body side at normalised cycle phases t ∈ [0, 1).
 
     t = 0 is this side's heel strike; positive angles move the limb forward (hip, shoulder),

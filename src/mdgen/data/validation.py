@@ -133,9 +133,14 @@ def _check_file(path: str, *, channels: int, size: int, max_pixels: int) -> _Fil
         try:
             image = Image.open(io.BytesIO(data))  # reads the header only
         except UnidentifiedImageError:
-            check.problems.append(("not_an_image", "error",
-                f"this is not an image Pillow can read (it starts with {data[:16]!r}): "
-                "expected a PNG spectrogram; remove the file or move it out of the dataset"))
+            check.problems.append(
+                (
+                    "not_an_image",
+                    "error",
+                    f"this is not an image Pillow can read (it starts with {data[:16]!r}): "
+                    "expected a PNG spectrogram; remove the file or move it out of the dataset",
+                )
+            )
             return check
         except Image.DecompressionBombError as exc:
             check.problems.append(("too_large", "error", f"Pillow refused to open it as a decompression bomb ({exc})"))
@@ -144,10 +149,15 @@ def _check_file(path: str, *, channels: int, size: int, max_pixels: int) -> _Fil
 
         pixels = image.width * image.height
         if pixels > max_pixels:
-            check.problems.append(("too_large", "error",
-                f"{image.width}x{image.height} = {pixels:,} pixels is above max_pixels={max_pixels:,} "
-                "(a possible decompression bomb), so it was not decoded: expected spectrograms of about "
-                f"{size}x{size}; resize the image or raise data.max_pixels"))
+            check.problems.append(
+                (
+                    "too_large",
+                    "error",
+                    f"{image.width}x{image.height} = {pixels:,} pixels is above max_pixels={max_pixels:,} "
+                    "(a possible decompression bomb), so it was not decoded: expected spectrograms of about "
+                    f"{size}x{size}; resize the image or raise data.max_pixels",
+                )
+            )
             return check
 
         # verify() checks the file structure (PNG chunk CRCs) but leaves the image unusable, so
@@ -157,16 +167,26 @@ def _check_file(path: str, *, channels: int, size: int, max_pixels: int) -> _Fil
             image = Image.open(io.BytesIO(data))
             image.load()
         except Exception as exc:
-            check.problems.append(("corrupt_image", "error",
-                f"the {image.format} data is truncated or corrupt ({type(exc).__name__}: {exc}): "
-                "re-export the image or remove it"))
+            check.problems.append(
+                (
+                    "corrupt_image",
+                    "error",
+                    f"the {image.format} data is truncated or corrupt ({type(exc).__name__}: {exc}): "
+                    "re-export the image or remove it",
+                )
+            )
             return check
 
         try:
             converted, conversion = convert_spectrogram(image, channels)
         except ConversionError as exc:
-            check.problems.append(("unsupported_mode", "error",
-                f"mode {image.mode} cannot be used as a {channels}-channel spectrogram: {exc}"))
+            check.problems.append(
+                (
+                    "unsupported_mode",
+                    "error",
+                    f"mode {image.mode} cannot be used as a {channels}-channel spectrogram: {exc}",
+                )
+            )
             return check
 
     pixel_key = f"{converted.mode} {converted.width}x{converted.height}\n".encode() + converted.tobytes()
@@ -175,11 +195,21 @@ def _check_file(path: str, *, channels: int, size: int, max_pixels: int) -> _Fil
     if conversion:
         check.problems.append(("mode_conversion", "warning", f"mode {image.mode} is converted: {conversion}"))
     if w < size / 2 or h < size / 2:
-        check.problems.append(("small_image", "warning",
-            f"{w}x{h} is below half the training size: it will be upsampled from {w}x{h} to {size}x{size}"))
+        check.problems.append(
+            (
+                "small_image",
+                "warning",
+                f"{w}x{h} is below half the training size: it will be upsampled from {w}x{h} to {size}x{size}",
+            )
+        )
     if w != h:
-        check.problems.append(("non_square", "warning",
-            f"{w}x{h} is not square: it will be resized to {size}x{size} without crop, so its aspect ratio changes"))
+        check.problems.append(
+            (
+                "non_square",
+                "warning",
+                f"{w}x{h} is not square: it will be resized to {size}x{size} without crop, so its aspect ratio changes",
+            )
+        )
     return check
 
 
@@ -209,9 +239,16 @@ def _scan_tree(root: str, num_classes: int, problems: list[Problem], ignored: li
     for split in SPLITS:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
-            problems.append(Problem("missing_split", "error", split_dir,
-                f"{split}/ is missing under {root}: expected {root}/train/ and {root}/val/, "
-                "each holding one user_NN folder per user", split=split))
+            problems.append(
+                Problem(
+                    "missing_split",
+                    "error",
+                    split_dir,
+                    f"{split}/ is missing under {root}: expected {root}/train/ and {root}/val/, "
+                    "each holding one user_NN folder per user",
+                    split=split,
+                )
+            )
             continue
         names = entries(split_dir)
         if not names:
@@ -219,31 +256,64 @@ def _scan_tree(root: str, num_classes: int, problems: list[Problem], ignored: li
         for name in names:
             path = os.path.join(split_dir, name)
             if not os.path.isdir(path):
-                problems.append(Problem("not_in_user_folder", "error", path,
-                    f"files directly in {split}/ belong to no user: move it into a user_NN folder", split=split))
+                problems.append(
+                    Problem(
+                        "not_in_user_folder",
+                        "error",
+                        path,
+                        f"files directly in {split}/ belong to no user: move it into a user_NN folder",
+                        split=split,
+                    )
+                )
                 continue
             match = USER_FOLDER.match(name)
             if not match or name != user_id(int(match.group(1))):
                 expected = f"user_{int(match.group(1)):02d}" if match else "user_NN (e.g. user_00)"
-                problems.append(Problem("bad_folder", "error", path,
-                    f"'{name}' is not a user folder: expected {expected}, with NN a user index 0.."
-                    f"{num_classes - 1}; its files are excluded: rename or move the folder", split=split))
+                problems.append(
+                    Problem(
+                        "bad_folder",
+                        "error",
+                        path,
+                        f"'{name}' is not a user folder: expected {expected}, with NN a user index 0.."
+                        f"{num_classes - 1}; its files are excluded: rename or move the folder",
+                        split=split,
+                    )
+                )
                 continue
             if int(match.group(1)) >= num_classes:
-                problems.append(Problem("user_out_of_range", "error", path,
-                    f"{name} is outside user indices 0..{num_classes - 1} (num_classes={num_classes}); "
-                    "its files are excluded: rename the folder or set data.num_classes", split=split, user_id=name))
+                problems.append(
+                    Problem(
+                        "user_out_of_range",
+                        "error",
+                        path,
+                        f"{name} is outside user indices 0..{num_classes - 1} (num_classes={num_classes}); "
+                        "its files are excluded: rename the folder or set data.num_classes",
+                        split=split,
+                        user_id=name,
+                    )
+                )
                 continue
             files = entries(path)
             if not files:
-                problems.append(Problem("empty_folder", "warning", path,
-                    f"{split}/{name}/ holds no files", split=split, user_id=name))
+                problems.append(
+                    Problem(
+                        "empty_folder", "warning", path, f"{split}/{name}/ holds no files", split=split, user_id=name
+                    )
+                )
             for filename in files:
                 file_path = os.path.join(path, filename)
                 if os.path.isdir(file_path):
-                    problems.append(Problem("bad_folder", "error", file_path,
-                        f"folders inside a user folder are not read: move its images up into {split}/{name}/ "
-                        "or remove it", split=split, user_id=name))
+                    problems.append(
+                        Problem(
+                            "bad_folder",
+                            "error",
+                            file_path,
+                            f"folders inside a user folder are not read: move its images up into {split}/{name}/ "
+                            "or remove it",
+                            split=split,
+                            user_id=name,
+                        )
+                    )
                 else:
                     candidates.append(_Candidate(file_path, split, name))
     return candidates
@@ -257,19 +327,34 @@ def _find_duplicates(valid: list[tuple[_Candidate, _FileCheck]]) -> list[Problem
         train_copy = first_in_split.get(("train", check.pixel_hash))
         kept = first_in_split.setdefault((candidate.split, check.pixel_hash), candidate.path)
         if candidate.split == "val" and train_copy:
-            problems.append(Problem("leakage", "error", candidate.path,
-                f"identical pixels to the training image {train_copy}: the same image in train/ and val/ "
-                "makes validation measure memorisation; remove it from val/",
-                split=candidate.split, user_id=candidate.user_id))
+            problems.append(
+                Problem(
+                    "leakage",
+                    "error",
+                    candidate.path,
+                    f"identical pixels to the training image {train_copy}: the same image in train/ and val/ "
+                    "makes validation measure memorisation; remove it from val/",
+                    split=candidate.split,
+                    user_id=candidate.user_id,
+                )
+            )
         elif kept != candidate.path:
-            problems.append(Problem("duplicate", "error", candidate.path,
-                f"identical pixels to {kept}, which is kept (first in sorted order): remove this copy",
-                split=candidate.split, user_id=candidate.user_id))
+            problems.append(
+                Problem(
+                    "duplicate",
+                    "error",
+                    candidate.path,
+                    f"identical pixels to {kept}, which is kept (first in sorted order): remove this copy",
+                    split=candidate.split,
+                    user_id=candidate.user_id,
+                )
+            )
     return problems
 
 
-def validate_dataset(root, *, num_classes: int, channels: int, size: int, max_pixels: int,
-                     workers: int = 1, progress: bool = False) -> ValidationResult:
+def validate_dataset(
+    root, *, num_classes: int, channels: int, size: int, max_pixels: int, workers: int = 1, progress: bool = False
+) -> ValidationResult:
     """Check the dataset under `root` and report every problem at once; never modifies a file."""
     root = os.fspath(root)
     problems, ignored, hidden = [], [], []
@@ -277,8 +362,9 @@ def validate_dataset(root, *, num_classes: int, channels: int, size: int, max_pi
 
     check = functools.partial(_check_file, channels=channels, size=size, max_pixels=max_pixels)
     paths = [c.path for c in candidates]
-    bar = functools.partial(tqdm, total=len(paths), desc="checking images", unit="file",
-                            file=sys.stderr, disable=not progress)
+    bar = functools.partial(
+        tqdm, total=len(paths), desc="checking images", unit="file", file=sys.stderr, disable=not progress
+    )
     if workers > 1 and len(paths) > 1:
         with ProcessPoolExecutor(workers) as pool:
             # map keeps input order, so the result does not depend on the number of workers
@@ -288,8 +374,10 @@ def validate_dataset(root, *, num_classes: int, channels: int, size: int, max_pi
 
     valid = []
     for candidate, result in zip(candidates, checks):
-        problems.extend(Problem(kind, severity, candidate.path, message, candidate.split, candidate.user_id)
-                        for kind, severity, message in result.problems)
+        problems.extend(
+            Problem(kind, severity, candidate.path, message, candidate.split, candidate.user_id)
+            for kind, severity, message in result.problems
+        )
         if result.ok:
             valid.append((candidate, result))
     duplicates = _find_duplicates(valid)
@@ -306,17 +394,41 @@ def validate_dataset(root, *, num_classes: int, channels: int, size: int, max_pi
     for user, split in ((u, s) for s in present for u in counts):
         if counts[user][split] == 0:
             note = f" ({excluded[user, split]} of its files were excluded, see above)" if excluded[user, split] else ""
-            problems.append(Problem(f"user_missing_{split}", "error", os.path.join(root, split, user),
-                f"{user} has 0 valid images in {split}/{note}: every user needs at least one {purpose[split]} image",
-                split=split, user_id=user))
+            problems.append(
+                Problem(
+                    f"user_missing_{split}",
+                    "error",
+                    os.path.join(root, split, user),
+                    f"{user} has 0 valid images in {split}/{note}: "
+                    f"every user needs at least one {purpose[split]} image",
+                    split=split,
+                    user_id=user,
+                )
+            )
 
     rows = sorted(
-        ({"path": c.path, "split": c.split, "user_id": c.user_id, "sha256": r.sha256,
-          "width": r.width, "height": r.height, "mode": r.mode} for c, r in valid),
+        (
+            {
+                "path": c.path,
+                "split": c.split,
+                "user_id": c.user_id,
+                "sha256": r.sha256,
+                "width": r.width,
+                "height": r.height,
+                "mode": r.mode,
+            }
+            for c, r in valid
+        ),
         key=lambda row: (row["split"], row["path"]),
     )
-    settings = {"root": root, "num_classes": num_classes, "channels": channels, "size": size,
-                "max_pixels": max_pixels, "workers": workers}
+    settings = {
+        "root": root,
+        "num_classes": num_classes,
+        "channels": channels,
+        "size": size,
+        "max_pixels": max_pixels,
+        "workers": workers,
+    }
     return ValidationResult(settings, rows, problems, counts, ignored, hidden)
 
 
@@ -333,10 +445,12 @@ def _write_atomically(path, write) -> None:
 
 def write_manifest(rows: list[dict], path) -> None:
     """CSV with header path,split,user_id,sha256,width,height,mode: the only file list later stages read."""
+
     def write(f):
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
     _write_atomically(path, write)
 
 

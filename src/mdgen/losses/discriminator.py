@@ -31,9 +31,7 @@ class NLayerDiscriminator(nn.Module):
         for n in range(1, n_layers):
             previous_mult, channel_mult = channel_mult, min(2**n, 8)
             sequence += [
-                nn.Conv2d(
-                    ndf * previous_mult, ndf * channel_mult, kernel_size, stride=2, padding=padding, bias=False
-                ),
+                nn.Conv2d(ndf * previous_mult, ndf * channel_mult, kernel_size, stride=2, padding=padding, bias=False),
                 nn.BatchNorm2d(ndf * channel_mult),
                 nn.LeakyReLU(0.2, True),
             ]

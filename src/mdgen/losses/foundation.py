@@ -48,9 +48,7 @@ class FoundationModel(nn.Module):
     ):
         super().__init__()
         if kind not in FOUNDATION_MODELS:
-            raise ValueError(
-                f"unknown foundation model kind {kind!r}: expected one of {sorted(FOUNDATION_MODELS)}"
-            )
+            raise ValueError(f"unknown foundation model kind {kind!r}: expected one of {sorted(FOUNDATION_MODELS)}")
         official_name, official_patch = FOUNDATION_MODELS[kind]
         name = model_name or official_name
         if ":" in name:

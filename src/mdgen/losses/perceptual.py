@@ -90,7 +90,7 @@ def load_vgg16_backbone(model: lpips.LPIPS, weights_path: str) -> list[str]:
         if index not in slice_of_index:
             unplaced.append(key)
             continue
-        lpips_key = f"slice{slice_of_index[index]}.{key[len('features.'):]}"
+        lpips_key = f"slice{slice_of_index[index]}.{key[len('features.') :]}"
         mapped[lpips_key], file_key[lpips_key] = value, key
 
     backbone = model.net

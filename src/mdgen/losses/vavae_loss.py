@@ -28,9 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mdgen.losses.discriminator import (
-    NLayerDiscriminator,
     adopt_weight,
     hinge_d_loss,
+    NLayerDiscriminator,
     vanilla_d_loss,
     weights_init,
 )
@@ -80,9 +80,7 @@ def vf_loss(
     return distmat_loss * distmat_weight + cos_loss * cos_weight
 
 
-def adaptive_weight(
-    loss_a: torch.Tensor, loss_b: torch.Tensor, layer: torch.Tensor, clamp_max: float
-) -> torch.Tensor:
+def adaptive_weight(loss_a: torch.Tensor, loss_b: torch.Tensor, layer: torch.Tensor, clamp_max: float) -> torch.Tensor:
     """‖∂loss_a/∂layer‖ / (‖∂loss_b/∂layer‖ + 1e-4), clamped to [0, clamp_max] and detached.
 
     Scales loss_b so that its gradient at `layer` is as large as loss_a's (the adaptive GAN weight of

@@ -16,8 +16,15 @@ SHOWN = 20  # keys listed per group in an error message
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's tensors do not match the model built from the config."""
 
-    def __init__(self, source: str | None, model: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[tuple[str, tuple, tuple]], hints: list[str] = ()):
+    def __init__(
+        self,
+        source: str | None,
+        model: str,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[tuple[str, tuple, tuple]],
+        hints: list[str] = (),
+    ):
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
 
         def listing(title, lines):
@@ -30,8 +37,10 @@ class CheckpointMismatchError(RuntimeError):
         if unexpected:
             lines += listing("unexpected in the checkpoint", unexpected)
         if mismatched:
-            lines += listing("shape mismatches", [f"{key}: checkpoint {tuple(have)} vs model {tuple(want)}"
-                                                  for key, have, want in mismatched])
+            lines += listing(
+                "shape mismatches",
+                [f"{key}: checkpoint {tuple(have)} vs model {tuple(want)}" for key, have, want in mismatched],
+            )
         super().__init__("\n".join(lines + list(hints)))
 
 
@@ -41,8 +50,11 @@ def load_strictly(model: nn.Module, state_dict: Mapping, source: str | None, hin
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [(key, tuple(state_dict[key].shape), shape) for key, shape in expected.items()
-                  if key in state_dict and tuple(state_dict[key].shape) != shape]
+    mismatched = [
+        (key, tuple(state_dict[key].shape), shape)
+        for key, shape in expected.items()
+        if key in state_dict and tuple(state_dict[key].shape) != shape
+    ]
     if missing or unexpected or mismatched:
         name = f"{type(model).__name__}({model.extra_repr()})"
         raise CheckpointMismatchError(source, name, missing, unexpected, mismatched, hints(missing))

@@ -39,6 +39,7 @@ from timm.layers import Mlp, PatchEmbed
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from mdgen.io import atomic_output
 from mdgen.models.checkpoints import CheckpointMismatchError, load_strictly, read_checkpoint  # noqa: F401
 
 DIT_LAYOUT = "a state dict or an official training checkpoint {'model', 'ema', 'opt', 'config'}"
@@ -160,8 +161,9 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with optional QK-norm and rotary embedding, fused (SDPA)."""
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_norm: bool = False,
-                 use_rmsnorm: bool = False):
+    def __init__(
+        self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_norm: bool = False, use_rmsnorm: bool = False
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden_size {dim} must be divisible by num_heads {num_heads}")
@@ -201,8 +203,16 @@ class SwiGLUFFN(nn.Module):
 class LightningDiTBlock(nn.Module):
     """A transformer block with adaLN-Zero conditioning (optionally without the shift terms)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, use_qknorm: bool = False,
-                 use_swiglu: bool = False, use_rmsnorm: bool = False, wo_shift: bool = False):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        use_qknorm: bool = False,
+        use_swiglu: bool = False,
+        use_rmsnorm: bool = False,
+        wo_shift: bool = False,
+    ):
         super().__init__()
         if use_rmsnorm:
             self.norm1 = RMSNorm(hidden_size)
@@ -210,15 +220,20 @@ class LightningDiTBlock(nn.Module):
         else:
             self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
             self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, qk_norm=use_qknorm,
-                              use_rmsnorm=use_rmsnorm)
+        self.attn = Attention(
+            hidden_size, num_heads=num_heads, qkv_bias=True, qk_norm=use_qknorm, use_rmsnorm=use_rmsnorm
+        )
         mlp_hidden_dim = int(hidden_size * mlp_ratio)
         if use_swiglu:
             # 2/3 of the GELU MLP's width keeps the parameter count of the 2-matrix MLP (official)
             self.mlp = SwiGLUFFN(hidden_size, int(2 / 3 * mlp_hidden_dim))
         else:
-            self.mlp = Mlp(in_features=hidden_size, hidden_features=mlp_hidden_dim,
-                           act_layer=partial(nn.GELU, approximate="tanh"), drop=0)
+            self.mlp = Mlp(
+                in_features=hidden_size,
+                hidden_features=mlp_hidden_dim,
+                act_layer=partial(nn.GELU, approximate="tanh"),
+                drop=0,
+            )
         self.adaLN_modulation = nn.Sequential(
             nn.SiLU(),
             nn.Linear(hidden_size, (4 if wo_shift else 6) * hidden_size, bias=True),
@@ -269,11 +284,25 @@ class LightningDiT(nn.Module):
     use_checkpoint: recompute each block in the backward pass (torch.utils.checkpoint, non-reentrant).
     """
 
-    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 32, hidden_size: int = 1152,
-                 depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
-                 num_classes: int = 1000, learn_sigma: bool = False, use_qknorm: bool = False,
-                 use_swiglu: bool = True, use_rope: bool = True, use_rmsnorm: bool = True, wo_shift: bool = False,
-                 use_checkpoint: bool = False):
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 32,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = False,
+        use_qknorm: bool = False,
+        use_swiglu: bool = True,
+        use_rope: bool = True,
+        use_rmsnorm: bool = True,
+        wo_shift: bool = False,
+        use_checkpoint: bool = False,
+    ):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} must be divisible by patch_size {patch_size}")
@@ -282,8 +311,10 @@ class LightningDiT(nn.Module):
         if hidden_size % 4:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by 4 for the 2-D sin-cos embedding")
         if use_rope and (hidden_size // num_heads) % 4:
-            raise ValueError(f"the 2-D rotary embedding needs a head size divisible by 4; hidden_size "
-                             f"{hidden_size} / num_heads {num_heads} = {hidden_size // num_heads}")
+            raise ValueError(
+                f"the 2-D rotary embedding needs a head size divisible by 4; hidden_size "
+                f"{hidden_size} / num_heads {num_heads} = {hidden_size // num_heads}"
+            )
         self.input_size = input_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -307,15 +338,25 @@ class LightningDiT(nn.Module):
         # fixed sin-cos embedding, filled in initialize_weights; a frozen Parameter as official (in the state dict)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
         if use_rope:
-            self.feat_rope = VisionRotaryEmbeddingFast(dim=hidden_size // num_heads // 2,
-                                                       pt_seq_len=input_size // patch_size)
+            self.feat_rope = VisionRotaryEmbeddingFast(
+                dim=hidden_size // num_heads // 2, pt_seq_len=input_size // patch_size
+            )
         else:
             self.feat_rope = None
-        self.blocks = nn.ModuleList([
-            LightningDiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, use_qknorm=use_qknorm,
-                              use_swiglu=use_swiglu, use_rmsnorm=use_rmsnorm, wo_shift=wo_shift)
-            for _ in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                LightningDiTBlock(
+                    hidden_size,
+                    num_heads,
+                    mlp_ratio=mlp_ratio,
+                    use_qknorm=use_qknorm,
+                    use_swiglu=use_swiglu,
+                    use_rmsnorm=use_rmsnorm,
+                    wo_shift=wo_shift,
+                )
+                for _ in range(depth)
+            ]
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, use_rmsnorm=use_rmsnorm)
         self.initialize_weights()
 
@@ -388,8 +429,15 @@ class LightningDiT(nn.Module):
             x, _ = x.chunk(2, dim=1)  # (N, in_channels, H, W)
         return x
 
-    def forward_with_cfg(self, x: Tensor, t: Tensor, y: Tensor, cfg_scale: float, cfg_interval_start: float = 0.0,
-                         guidance_channels: int | None = None) -> Tensor:
+    def forward_with_cfg(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor,
+        cfg_scale: float,
+        cfg_interval_start: float = 0.0,
+        guidance_channels: int | None = None,
+    ) -> Tensor:
         """Classifier-free guidance in one batched forward over the conditional and unconditional halves.
 
         x: (2B, C, H, W) = [z, z]; only the first half is read (official), it is run with both label halves.
@@ -406,15 +454,20 @@ class LightningDiT(nn.Module):
         conditional prediction in the first half and the unconditional one in the second).
         """
         if len(x) % 2 or len(x) != len(t) or len(x) != len(y):
-            raise ValueError(f"forward_with_cfg takes x, t, y of the same even batch size 2B ([conditional, "
-                             f"unconditional]); got {len(x)}, {len(t)}, {len(y)}")
+            raise ValueError(
+                f"forward_with_cfg takes x, t, y of the same even batch size 2B ([conditional, "
+                f"unconditional]); got {len(x)}, {len(t)}, {len(y)}"
+            )
         if self.null_label is None:
-            raise ValueError("this model was built with class_dropout_prob=0, so it has no null-label embedding "
-                             "and cannot do classifier-free guidance")
+            raise ValueError(
+                "this model was built with class_dropout_prob=0, so it has no null-label embedding "
+                "and cannot do classifier-free guidance"
+            )
         guided_channels = self.in_channels if guidance_channels is None else guidance_channels
         if not 0 < guided_channels <= self.in_channels:
-            raise ValueError(f"guidance_channels must be in 1..{self.in_channels} or None (all); got "
-                             f"{guidance_channels}")
+            raise ValueError(
+                f"guidance_channels must be in 1..{self.in_channels} or None (all); got {guidance_channels}"
+            )
         half = x[: len(x) // 2]
         combined = torch.cat([half, half], dim=0)  # (2B, C, H, W)
         model_out = self.forward(combined, t, y)  # (2B, C, H, W)
@@ -431,13 +484,17 @@ class LightningDiT(nn.Module):
     def _check_latents(self, x: Tensor) -> None:
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"LightningDiT expects latents (N, {expected[0]}, {expected[1]}, {expected[2]}) "
-                             f"(in_channels, input_size, input_size); got {tuple(x.shape)}")
+            raise ValueError(
+                f"LightningDiT expects latents (N, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"(in_channels, input_size, input_size); got {tuple(x.shape)}"
+            )
 
     def extra_repr(self) -> str:
-        return (f"input_size={self.input_size}, patch_size={self.patch_size}, in_channels={self.in_channels}, "
-                f"hidden_size={self.hidden_size}, depth={self.depth}, num_heads={self.num_heads}, "
-                f"num_classes={self.num_classes}, use_rope={self.use_rope}, use_rmsnorm={self.use_rmsnorm}")
+        return (
+            f"input_size={self.input_size}, patch_size={self.patch_size}, in_channels={self.in_channels}, "
+            f"hidden_size={self.hidden_size}, depth={self.depth}, num_heads={self.num_heads}, "
+            f"num_classes={self.num_classes}, use_rope={self.use_rope}, use_rmsnorm={self.use_rmsnorm}"
+        )
 
     def load_pretrained(self, path_or_checkpoint, key: str = "ema") -> PretrainedReport:
         """Load official or own weights strictly; returns what was loaded and adapted.
@@ -455,12 +512,16 @@ class LightningDiT(nn.Module):
         elif checkpoint and all(isinstance(value, Tensor) for value in checkpoint.values()):
             state_dict = checkpoint  # a bare state dict, as the official inference.py also accepts
         else:
-            raise ValueError(f"{source or '<in-memory checkpoint>'} has no {key!r} entry and is not a bare state "
-                             f"dict; its top-level keys are {sorted(map(str, checkpoint))[:10]}. Official "
-                             f"training checkpoints hold 'ema' (for sampling) and 'model'.")
+            raise ValueError(
+                f"{source or '<in-memory checkpoint>'} has no {key!r} entry and is not a bare state "
+                f"dict; its top-level keys are {sorted(map(str, checkpoint))[:10]}. Official "
+                f"training checkpoints hold 'ema' (for sampling) and 'model'."
+            )
         state_dict = _strip_wrapper_prefixes(dict(state_dict), report)
 
-        report.loaded = load_strictly(self, state_dict, source, lambda missing: _mismatch_hints(checkpoint.get("config")))
+        report.loaded = load_strictly(
+            self, state_dict, source, lambda missing: _mismatch_hints(checkpoint.get("config"))
+        )
         return report
 
 
@@ -480,8 +541,10 @@ class PretrainedReport:
 
     def __str__(self) -> str:
         entry = f"[{self.key!r}]" if self.key else " (bare state dict)"
-        lines = [f"LightningDiT weights from {self.path or '<in-memory checkpoint>'}{entry}: "
-                 f"loaded {len(self.loaded)} tensors"]
+        lines = [
+            f"LightningDiT weights from {self.path or '<in-memory checkpoint>'}{entry}: "
+            f"loaded {len(self.loaded)} tensors"
+        ]
         return "\n".join(lines + [f"  adapted: {sentence}" for sentence in self.adapted])
 
 
@@ -489,11 +552,15 @@ def _mismatch_hints(checkpoint_config) -> list[str]:
     hints = []
     if isinstance(checkpoint_config, Mapping):
         data = checkpoint_config.get("data") or {}
-        hints.append(f"The checkpoint's own config: model {dict(checkpoint_config.get('model') or {})}, "
-                     f"num_classes {data.get('num_classes')}, image_size {data.get('image_size')}.")
-    hints.append("Build the model with the checkpoint's settings: size (depth, hidden_size, num_heads, patch_size), "
-                 "input_size = image size / VAE downsampling, in_channels, num_classes, class_dropout_prob > 0, "
-                 "use_qknorm, use_swiglu, use_rope, use_rmsnorm, wo_shift, learn_sigma.")
+        hints.append(
+            f"The checkpoint's own config: model {dict(checkpoint_config.get('model') or {})}, "
+            f"num_classes {data.get('num_classes')}, image_size {data.get('image_size')}."
+        )
+    hints.append(
+        "Build the model with the checkpoint's settings: size (depth, hidden_size, num_heads, patch_size), "
+        "input_size = image size / VAE downsampling, in_channels, num_classes, class_dropout_prob > 0, "
+        "use_qknorm, use_swiglu, use_rope, use_rmsnorm, wo_shift, learn_sigma."
+    )
     return hints
 
 
@@ -504,7 +571,7 @@ def _strip_wrapper_prefixes(state_dict: dict, report: PretrainedReport) -> dict:
         stripped = False
         for prefix, wrapper in WRAPPER_PREFIXES.items():
             if all(name.startswith(prefix) for name in state_dict):
-                state_dict = {name[len(prefix):]: value for name, value in state_dict.items()}
+                state_dict = {name[len(prefix) :]: value for name, value in state_dict.items()}
                 report.adapted.append(f"stripped the {wrapper} prefix {prefix!r} from {len(state_dict)} keys")
                 stripped = True
     return state_dict
@@ -531,7 +598,7 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> Tensor:
 def get_1d_sincos_pos_embed(embed_dim: int, positions: Tensor) -> Tensor:
     """(M,) positions -> (M, embed_dim) [sin | cos] features."""
     omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
-    omega = 1.0 / 10000 ** omega  # (D/2,)
+    omega = 1.0 / 10000**omega  # (D/2,)
     angles = positions.to(torch.float64)[:, None] * omega[None]  # (M, D/2)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
@@ -578,10 +645,79 @@ def create_model(name: str, **kwargs) -> LightningDiT:
     size = LightningDiT_models.get(MODEL_ALIASES.get(name, name))
     if size is None:
         aliases = ", ".join(f"{alias} (= {target})" for alias, target in MODEL_ALIASES.items())
-        raise ValueError(f"unknown LightningDiT model {name!r}; known: {', '.join(LightningDiT_models)}; "
-                         f"aliases: {aliases}")
+        raise ValueError(
+            f"unknown LightningDiT model {name!r}; known: {', '.join(LightningDiT_models)}; aliases: {aliases}"
+        )
     fixed = sorted(set(kwargs) & set(size.keywords))
     if fixed:
-        raise ValueError(f"{name} fixes {', '.join(f'{k}={size.keywords[k]}' for k in fixed)}; pick another "
-                         f"size or build LightningDiT(...) directly")
+        raise ValueError(
+            f"{name} fixes {', '.join(f'{k}={size.keywords[k]}' for k in fixed)}; pick another "
+            f"size or build LightningDiT(...) directly"
+        )
     return size(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from a config, and the train_dit export
+# ---------------------------------------------------------------------------------------------
+
+MODEL_FLAGS = (
+    "use_qknorm",
+    "use_swiglu",
+    "use_rope",
+    "use_rmsnorm",
+    "wo_shift",
+    "class_dropout_prob",
+    "use_checkpoint",
+)
+
+
+def dit_kwargs(config: dict, latent_shape: tuple[int, int, int]) -> dict:
+    """build_dit arguments: the registry name and flags from the config, sizes from the latents."""
+    channels, height, width = latent_shape
+    if height != width:
+        raise ValueError(f"LightningDiT needs square latents, the store holds {height}×{width}")
+    dit = config["dit"]
+    return {
+        "model_type": dit["model_type"],
+        "input_size": height,
+        "in_channels": channels,
+        "num_classes": config["data"]["num_classes"],
+        **{flag: dit[flag] for flag in MODEL_FLAGS},
+    }
+
+
+def build_dit(kwargs: Mapping) -> LightningDiT:
+    """A registry size from dit_kwargs' dict (`model_type` plus LightningDiT arguments)."""
+    kwargs = dict(kwargs)
+    return create_model(kwargs.pop("model_type"), **kwargs)
+
+
+def save_official(path, model: LightningDiT, ema: LightningDiT, optimizer_state: Mapping, config: dict) -> None:
+    """Write the official training-checkpoint layout {'model', 'ema', 'opt', 'config'} atomically.
+
+    config["model"] holds dit_kwargs' dict, so load_dit can rebuild the model.
+    """
+    if not isinstance(config.get("model"), Mapping) or "model_type" not in config["model"]:
+        raise ValueError(
+            "save_official needs config['model'] with dit_kwargs' dict (model_type, input_size, ...), "
+            f"so load_dit can rebuild the model; got config keys {sorted(config)}"
+        )
+    checkpoint = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": optimizer_state, "config": config}
+    with atomic_output(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_dit(path, use_ema: bool = True) -> tuple[LightningDiT, dict]:
+    """The LightningDiT of a save_official file, loaded strictly with its EMA (or raw) weights, in
+    eval mode, and the file's config (with `model` and `latent_stats`)."""
+    source, checkpoint = read_checkpoint(path, DIT_LAYOUT)
+    config = checkpoint.get("config")
+    if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
+        raise ValueError(
+            f"{source} has no config['model'] (dit_kwargs' dict), so it was not written by train_dit; "
+            "for an official checkpoint build the model and call load_pretrained"
+        )
+    model = build_dit(config["model"])
+    model.load_pretrained(checkpoint, key="ema" if use_ema else "model")
+    return model.eval(), dict(config)

@@ -146,8 +146,15 @@ class ResolutionLevel(nn.Module):
     `attn_resolutions`, then an optional `downsample` (Encoder) or `upsample` (Decoder).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, with_attn: bool,
-                 resample: str | None, dropout: float):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int,
+        with_attn: bool,
+        resample: str | None,
+        dropout: float,
+    ):
         super().__init__()
         self.block = nn.ModuleList(
             ResnetBlock(in_channels if i == 0 else out_channels, out_channels, dropout) for i in range(num_blocks)
@@ -184,22 +191,41 @@ class Encoder(nn.Module):
     (`resolution` halved per level, from the config, not the input) is in `attn_resolutions`.
     """
 
-    def __init__(self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, attn_resolutions: tuple[int, ...],
-                 dropout: float, in_channels: int, resolution: int, z_channels: int, double_z: bool = True):
+    def __init__(
+        self,
+        ch: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: int,
+        attn_resolutions: tuple[int, ...],
+        dropout: float,
+        in_channels: int,
+        resolution: int,
+        z_channels: int,
+        double_z: bool = True,
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
         levels, block_in, curr_res = [], ch, resolution
         for i_level, mult in enumerate(ch_mult):
             is_last = i_level == len(ch_mult) - 1
-            levels.append(ResolutionLevel(block_in, ch * mult, num_res_blocks, curr_res in attn_resolutions,
-                                          None if is_last else "downsample", dropout))
+            levels.append(
+                ResolutionLevel(
+                    block_in,
+                    ch * mult,
+                    num_res_blocks,
+                    curr_res in attn_resolutions,
+                    None if is_last else "downsample",
+                    dropout,
+                )
+            )
             block_in = ch * mult
             curr_res = curr_res if is_last else curr_res // 2
         self.down = nn.ModuleList(levels)
         self.mid = MidBlock(block_in, dropout)
         self.norm_out = group_norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1,
-                                  padding=1)
+        self.conv_out = nn.Conv2d(
+            block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1, padding=1
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, in_channels, H, W) -> (B, 2*z_channels, H/f, W/f)."""
@@ -217,8 +243,17 @@ class Decoder(nn.Module):
     `down` (up.0 is the full-resolution level) although it runs from the last level to the first.
     """
 
-    def __init__(self, ch: int, out_ch: int, ch_mult: tuple[int, ...], num_res_blocks: int,
-                 attn_resolutions: tuple[int, ...], dropout: float, resolution: int, z_channels: int):
+    def __init__(
+        self,
+        ch: int,
+        out_ch: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: int,
+        attn_resolutions: tuple[int, ...],
+        dropout: float,
+        resolution: int,
+        z_channels: int,
+    ):
         super().__init__()
         block_in = ch * ch_mult[-1]
         curr_res = resolution // 2 ** (len(ch_mult) - 1)
@@ -226,9 +261,14 @@ class Decoder(nn.Module):
         self.mid = MidBlock(block_in, dropout)
         levels = [None] * len(ch_mult)
         for i_level in reversed(range(len(ch_mult))):
-            levels[i_level] = ResolutionLevel(block_in, ch * ch_mult[i_level], num_res_blocks + 1,
-                                              curr_res in attn_resolutions,
-                                              "upsample" if i_level != 0 else None, dropout)
+            levels[i_level] = ResolutionLevel(
+                block_in,
+                ch * ch_mult[i_level],
+                num_res_blocks + 1,
+                curr_res in attn_resolutions,
+                "upsample" if i_level != 0 else None,
+                dropout,
+            )
             block_in = ch * ch_mult[i_level]
             curr_res = curr_res * 2 if i_level != 0 else curr_res
         self.up = nn.ModuleList(levels)
@@ -300,10 +340,23 @@ class VAVAE(nn.Module):
     the official model does; nothing is special-cased.
     """
 
-    def __init__(self, embed_dim: int = 32, z_channels: int = 32, resolution: int = 256, in_channels: int = 3,
-                 out_ch: int = 3, ch: int = 128, ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4), num_res_blocks: int = 2,
-                 attn_resolutions: tuple[int, ...] = (16,), dropout: float = 0.0, double_z: bool = True,
-                 use_vf: str | None = None, reverse_proj: bool = True, vf_feature_dim: int = 1024):
+    def __init__(
+        self,
+        embed_dim: int = 32,
+        z_channels: int = 32,
+        resolution: int = 256,
+        in_channels: int = 3,
+        out_ch: int = 3,
+        ch: int = 128,
+        ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (16,),
+        dropout: float = 0.0,
+        double_z: bool = True,
+        use_vf: str | None = None,
+        reverse_proj: bool = True,
+        vf_feature_dim: int = 1024,
+    ):
         super().__init__()
         if not double_z:
             raise ValueError(
@@ -314,19 +367,35 @@ class VAVAE(nn.Module):
         if use_vf not in VF_MODELS:
             raise ValueError(f"use_vf must be one of {VF_MODELS} (the official foundation models); got {use_vf!r}")
         if ch % 32 != 0:
-            raise ValueError(f"ch must be a multiple of 32 (every GroupNorm has 32 groups, as in the official "
-                             f"model); got ch={ch}")
+            raise ValueError(
+                f"ch must be a multiple of 32 (every GroupNorm has 32 groups, as in the official model); got ch={ch}"
+            )
         self.embed_dim, self.z_channels = embed_dim, z_channels
         self.in_channels, self.out_ch = in_channels, out_ch
         self.ch, self.ch_mult, self.num_res_blocks = ch, tuple(ch_mult), num_res_blocks
         self.use_vf, self.reverse_proj, self.vf_feature_dim = use_vf, reverse_proj, vf_feature_dim
 
-        self.encoder = Encoder(ch=ch, ch_mult=self.ch_mult, num_res_blocks=num_res_blocks,
-                               attn_resolutions=tuple(attn_resolutions), dropout=dropout, in_channels=in_channels,
-                               resolution=resolution, z_channels=z_channels, double_z=double_z)
-        self.decoder = Decoder(ch=ch, out_ch=out_ch, ch_mult=self.ch_mult, num_res_blocks=num_res_blocks,
-                               attn_resolutions=tuple(attn_resolutions), dropout=dropout, resolution=resolution,
-                               z_channels=z_channels)
+        self.encoder = Encoder(
+            ch=ch,
+            ch_mult=self.ch_mult,
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=tuple(attn_resolutions),
+            dropout=dropout,
+            in_channels=in_channels,
+            resolution=resolution,
+            z_channels=z_channels,
+            double_z=double_z,
+        )
+        self.decoder = Decoder(
+            ch=ch,
+            out_ch=out_ch,
+            ch_mult=self.ch_mult,
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=tuple(attn_resolutions),
+            dropout=dropout,
+            resolution=resolution,
+            z_channels=z_channels,
+        )
         self.quant_conv = nn.Conv2d(2 * z_channels, 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         if use_vf is not None:
@@ -388,15 +457,19 @@ class VAVAE(nn.Module):
         otherwise:    (z, linear_proj(features)) with D = embed_dim.
         """
         if self.use_vf is None:
-            raise ValueError("align needs the VF alignment head, but this VAVAE was built with use_vf=None; "
-                             "set use_vf: dinov2 (or mae) in the model config to train with VF alignment")
+            raise ValueError(
+                "align needs the VF alignment head, but this VAVAE was built with use_vf=None; "
+                "set use_vf: dinov2 (or mae) in the model config to train with VF alignment"
+            )
         if self.reverse_proj:
             z = self.linear_proj(z)  # (B, vf_feature_dim, h, w)
         else:
             features = self.linear_proj(features)  # (B, embed_dim, h, w)
         if z.shape != features.shape:
-            raise ValueError(f"latents and foundation-model features must align position by position; after "
-                             f"projection got {tuple(z.shape)} vs {tuple(features.shape)}")
+            raise ValueError(
+                f"latents and foundation-model features must align position by position; after "
+                f"projection got {tuple(z.shape)} vs {tuple(features.shape)}"
+            )
         return z, features
 
     def official_state_dict(self) -> dict[str, Tensor]:
@@ -404,9 +477,11 @@ class VAVAE(nn.Module):
         return dict(self.state_dict())
 
     def extra_repr(self) -> str:
-        return (f"ch={self.ch}, ch_mult={self.ch_mult}, num_res_blocks={self.num_res_blocks}, "
-                f"z_channels={self.z_channels}, embed_dim={self.embed_dim}, in_channels={self.in_channels}, "
-                f"out_ch={self.out_ch}, use_vf={self.use_vf!r}, reverse_proj={self.reverse_proj}")
+        return (
+            f"ch={self.ch}, ch_mult={self.ch_mult}, num_res_blocks={self.num_res_blocks}, "
+            f"z_channels={self.z_channels}, embed_dim={self.embed_dim}, in_channels={self.in_channels}, "
+            f"out_ch={self.out_ch}, use_vf={self.use_vf!r}, reverse_proj={self.reverse_proj}"
+        )
 
     def load_pretrained(self, path_or_state_dict) -> PretrainedReport:
         """Load official or own weights strictly; returns what was loaded, dropped and adapted.
@@ -455,15 +530,19 @@ class VAVAE(nn.Module):
         conv_in = state_dict.get("encoder.conv_in.weight")
         if self.in_channels == 1 and conv_in is not None and conv_in.ndim == 4 and conv_in.shape[1] == 3:
             state_dict["encoder.conv_in.weight"] = conv_in.sum(dim=1, keepdim=True)
-            report.adapted.append("encoder.conv_in: summed the 3 RGB input filters for a 1-channel input "
-                                  "(a grey image gives the same features as its 3-channel copy)")
+            report.adapted.append(
+                "encoder.conv_in: summed the 3 RGB input filters for a 1-channel input "
+                "(a grey image gives the same features as its 3-channel copy)"
+            )
         conv_out = state_dict.get("decoder.conv_out.weight")
         if self.out_ch == 1 and conv_out is not None and conv_out.ndim == 4 and conv_out.shape[0] == 3:
             state_dict["decoder.conv_out.weight"] = conv_out.mean(dim=0, keepdim=True)
             if "decoder.conv_out.bias" in state_dict:
                 state_dict["decoder.conv_out.bias"] = state_dict["decoder.conv_out.bias"].mean(dim=0, keepdim=True)
-            report.adapted.append("decoder.conv_out: averaged the 3 RGB output filters and biases into 1 channel "
-                                  "(the output is the mean of the RGB reconstruction)")
+            report.adapted.append(
+                "decoder.conv_out: averaged the 3 RGB output filters and biases into 1 channel "
+                "(the output is the mean of the RGB reconstruction)"
+            )
         return state_dict
 
 
@@ -494,10 +573,14 @@ class PretrainedReport:
 def _mismatch_hints(missing: list[str]) -> list[str]:
     hints = []
     if missing and all(key.startswith(ALIGNMENT_HEAD_PREFIX) for key in missing):
-        hints.append("The checkpoint has no VF alignment head: build the model with use_vf: null, or check reverse_proj.")
-    hints.append("Check the model section of the config against the one the checkpoint was trained with: ddconfig "
-                 "(ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, in_channels, out_ch), embed_dim, use_vf "
-                 "and reverse_proj.")
+        hints.append(
+            "The checkpoint has no VF alignment head: build the model with use_vf: null, or check reverse_proj."
+        )
+    hints.append(
+        "Check the model section of the config against the one the checkpoint was trained with: ddconfig "
+        "(ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, in_channels, out_ch), embed_dim, use_vf "
+        "and reverse_proj."
+    )
     return hints
 
 
@@ -510,12 +593,13 @@ def _unwrap_prefix(state_dict: dict, report: PretrainedReport) -> dict:
     if len(prefixes) != 1:
         return state_dict  # nothing or several candidates: the strict check reports the keys
     prefix = prefixes.pop()
-    inside = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    inside = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
     for key in state_dict:
         if not key.startswith(prefix):
             report.dropped.setdefault(key.split(".")[0] + ".", []).append(key)
-    report.adapted.append(f"stripped the prefix '{prefix}' from {len(inside)} keys (a checkpoint wrapping the "
-                          f"autoencoder)")
+    report.adapted.append(
+        f"stripped the prefix '{prefix}' from {len(inside)} keys (a checkpoint wrapping the autoencoder)"
+    )
     return inside
 
 
@@ -523,8 +607,23 @@ def _check_constructor_kwargs(kwargs: Mapping, source: str) -> None:
     accepted = set(inspect.signature(VAVAE.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ValueError(f"{source}: config['model'] has {unknown}, which VAVAE does not take; "
-                         f"it takes {sorted(accepted)}")
+        raise ValueError(
+            f"{source}: config['model'] has {unknown}, which VAVAE does not take; it takes {sorted(accepted)}"
+        )
+
+
+def vavae_kwargs(config: dict) -> dict:
+    """VAVAE constructor arguments: the seed's ddconfig + embed_dim, channels from the data section."""
+    vae = config["vae"]
+    channels = config["data"]["channels"]
+    return dict(
+        embed_dim=vae["embed_dim"],
+        **vae["ddconfig"],
+        in_channels=channels,
+        out_ch=channels,
+        use_vf=vae["use_vf"],
+        reverse_proj=vae["reverse_proj"],
+    )
 
 
 def save_official(path, model: VAVAE, config: dict, extra_state: Mapping[str, Tensor] | None = None) -> None:
@@ -534,17 +633,22 @@ def save_official(path, model: VAVAE, config: dict, extra_state: Mapping[str, Te
     `loss.logvar`), so the file can resume official-style fine-tuning; loaders drop them.
     """
     if not isinstance(config.get("model"), Mapping):
-        raise ValueError("save_official needs config['model'] with the VAVAE constructor kwargs, so load_vavae "
-                         f"can rebuild the model; got config keys {sorted(config)}")
+        raise ValueError(
+            "save_official needs config['model'] with the VAVAE constructor kwargs, so load_vavae "
+            f"can rebuild the model; got config keys {sorted(config)}"
+        )
     _check_constructor_kwargs(config["model"], "save_official")
     state_dict = model.official_state_dict()
     extra_state = dict(extra_state or {})
     outside = [key for key in extra_state if not key.startswith(tuple(TRAINING_ONLY_PREFIXES))]
     if outside:
-        raise ValueError(f"extra_state may only hold {list(TRAINING_ONLY_PREFIXES)} tensors, which loaders drop; "
-                         f"got {outside[:5]}")
-    checkpoint = {"state_dict": {key: value.detach().cpu() for key, value in {**state_dict, **extra_state}.items()},
-                  "config": config}
+        raise ValueError(
+            f"extra_state may only hold {list(TRAINING_ONLY_PREFIXES)} tensors, which loaders drop; got {outside[:5]}"
+        )
+    checkpoint = {
+        "state_dict": {key: value.detach().cpu() for key, value in {**state_dict, **extra_state}.items()},
+        "config": config,
+    }
     with atomic_output(path) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -558,8 +662,10 @@ def load_vavae(path, **overrides) -> VAVAE:
     source, checkpoint = read_checkpoint(path, VAE_LAYOUT)
     config = checkpoint.get("config")
     if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
-        raise ValueError(f"{source} has no config['model'] (the VAVAE constructor kwargs), so it was not written "
-                         f"by save_official; for an official checkpoint build VAVAE(...) and call load_pretrained")
+        raise ValueError(
+            f"{source} has no config['model'] (the VAVAE constructor kwargs), so it was not written "
+            f"by save_official; for an official checkpoint build VAVAE(...) and call load_pretrained"
+        )
     kwargs = {**config["model"], **overrides}
     _check_constructor_kwargs(kwargs, source)
     model = VAVAE(**kwargs)

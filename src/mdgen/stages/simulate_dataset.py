@@ -1,6 +1,6 @@
 """Stage `simulate_dataset`: write the built-in data set of simulated walkers.
 
-    python -m mdgen.simulate_dataset --out resources/synthetic --num-users 31 --size 128
+    python -m mdgen.stages.simulate_dataset --out resources/synthetic --num-users 31 --size 128
 
 Output: `<out>/{train,val}/user_NN/rec_NNN.png` and `<out>/users.json` (every user's and every
 recording's parameters). Deterministic for a given seed: each user and each recording draws

@@ -77,8 +77,9 @@ class DistinctNoisePerRank(pl.Callback):
             torch.manual_seed(self.seed + 1_000_003 * trainer.global_rank)
 
 
-def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list, seed: int,
-                        find_unused_parameters: bool = False, **overrides) -> pl.Trainer:
+def trainer_from_config(
+    trainer_config: dict, work_dir: Path, callbacks: list, seed: int, find_unused_parameters: bool = False, **overrides
+) -> pl.Trainer:
     """A Trainer from a config's `trainer` section, logging to a new CSV version per run.
 
     More than one process (devices × num_nodes) means DDP; the launcher (torchrun or srun, see
@@ -108,9 +109,11 @@ def trainer_from_config(trainer_config: dict, work_dir: Path, callbacks: list, s
 def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule, resume_from: Path | None, what: str) -> float:
     """Say where and how training runs, run it (resuming from `resume_from` when given), return its seconds."""
     device = trainer.accelerator.__class__.__name__.removesuffix("Accelerator")
-    say(f"Training {what} on {device} × {trainer.num_devices}"
+    say(
+        f"Training {what} on {device} × {trainer.num_devices}"
         + (f" × {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else "")
-        + f" ({trainer.world_size} processes, {trainer.strategy.__class__.__name__}), precision {trainer.precision}")
+        + f" ({trainer.world_size} processes, {trainer.strategy.__class__.__name__}), precision {trainer.precision}"
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     return time.perf_counter() - start

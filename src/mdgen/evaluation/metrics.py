@@ -12,7 +12,8 @@ similar size, and nearest-neighbour distances of near-copies are tiny.
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +31,15 @@ def _as_features(features: Any, name: str) -> Tensor:
     else:
         tensor = torch.as_tensor(np.asarray(features, dtype=np.float64))
     if tensor.ndim != 2:
-        raise ValueError(f"{name} must be a (N, D) array of feature vectors, one row per image; "
-                         f"got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must be a (N, D) array of feature vectors, one row per image; got shape {tuple(tensor.shape)}"
+        )
     if not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).any(dim=1).sum())
-        raise ValueError(f"{name} holds NaN or infinite values in {bad} of {tensor.shape[0]} rows; "
-                         "check the feature extractor (e.g. images that were not normalised)")
+        raise ValueError(
+            f"{name} holds NaN or infinite values in {bad} of {tensor.shape[0]} rows; "
+            "check the feature extractor (e.g. images that were not normalised)"
+        )
     return tensor
 
 
@@ -46,13 +50,16 @@ def _as_labels(labels: Any) -> np.ndarray:
 
 def _check_same_dim(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{name_a} and {name_b} must come from the same feature layer, but have "
-                         f"{a.shape[1]} and {b.shape[1]} features per row")
+        raise ValueError(
+            f"{name_a} and {name_b} must come from the same feature layer, but have "
+            f"{a.shape[1]} and {b.shape[1]} features per row"
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Fréchet distance
 # --------------------------------------------------------------------------------------------
+
 
 class _PrecomputedFeatures(torch.nn.Module):
     """Passes features through, so torchmetrics' FID accumulates them as if it had extracted them.
@@ -89,8 +96,10 @@ def frechet_distance(real_features: Any, fake_features: Any) -> float:
     _check_same_dim(real, fake, "real_features", "fake_features")
     for name, features in (("real_features", real), ("fake_features", fake)):
         if features.shape[0] < 2:
-            raise ValueError(f"{name} has {features.shape[0]} sample(s); the Fréchet distance needs a "
-                             "covariance, so at least 2 samples per set")
+            raise ValueError(
+                f"{name} has {features.shape[0]} sample(s); the Fréchet distance needs a "
+                "covariance, so at least 2 samples per set"
+            )
     # FD is invariant to a common shift; centring on the real mean keeps torchmetrics' one-pass
     # covariance (Σ x xᵀ − N μ μᵀ) from cancelling catastrophically when features have a large mean.
     offset = real.mean(dim=0, keepdim=True)
@@ -100,8 +109,9 @@ def frechet_distance(real_features: Any, fake_features: Any) -> float:
     return float(metric.compute())
 
 
-def frechet_distance_per_group(real_features: Any, real_groups: Any, fake_features: Any,
-                               fake_groups: Any) -> dict[Hashable, float]:
+def frechet_distance_per_group(
+    real_features: Any, real_groups: Any, fake_features: Any, fake_groups: Any
+) -> dict[Hashable, float]:
     """Fréchet distance per group (e.g. per user) between the real and fake rows of that group.
 
     Groups with fewer than 2 samples on either side are skipped (absent from the result). Keys are
@@ -113,8 +123,9 @@ def frechet_distance_per_group(real_features: Any, real_groups: Any, fake_featur
     real_groups, fake_groups = _as_labels(real_groups), _as_labels(fake_groups)
     for name, groups, features in (("real_groups", real_groups, real), ("fake_groups", fake_groups, fake)):
         if groups.shape != (features.shape[0],):
-            raise ValueError(f"{name} must hold one group label per feature row ({features.shape[0]}), "
-                             f"got shape {groups.shape}")
+            raise ValueError(
+                f"{name} must hold one group label per feature row ({features.shape[0]}), got shape {groups.shape}"
+            )
     distances = {}
     for group in sorted(set(real_groups.tolist()) & set(fake_groups.tolist())):
         real_rows = torch.from_numpy(np.flatnonzero(real_groups == group))
@@ -128,6 +139,7 @@ def frechet_distance_per_group(real_features: Any, real_groups: Any, fake_featur
 # --------------------------------------------------------------------------------------------
 # Nearest neighbours
 # --------------------------------------------------------------------------------------------
+
 
 def _row_blocks(num_queries: int, num_references: int):
     """Slices over query rows such that a (rows, num_references) distance block stays bounded."""
@@ -167,11 +179,15 @@ def nearest_distances(queries: Any, references: Any, exclude_self: bool = False)
     _check_same_dim(query_tensor, reference_tensor, "queries", "references")
     needed = 2 if exclude_self else 1
     if reference_tensor.shape[0] < needed:
-        raise ValueError(f"references has {reference_tensor.shape[0]} rows; need at least {needed} "
-                         f"{'(one besides each point itself) ' if exclude_self else ''}to find a neighbour")
+        raise ValueError(
+            f"references has {reference_tensor.shape[0]} rows; need at least {needed} "
+            f"{'(one besides each point itself) ' if exclude_self else ''}to find a neighbour"
+        )
     if exclude_self and query_tensor.shape[0] != reference_tensor.shape[0]:
-        raise ValueError(f"exclude_self=True means queries and references are the same set, but they have "
-                         f"{query_tensor.shape[0]} and {reference_tensor.shape[0]} rows")
+        raise ValueError(
+            f"exclude_self=True means queries and references are the same set, but they have "
+            f"{query_tensor.shape[0]} and {reference_tensor.shape[0]} rows"
+        )
     distances, indices = _kth_neighbour_distances(query_tensor, reference_tensor, 1, exclude_self)
     return distances.numpy(), indices.numpy()
 
@@ -179,6 +195,7 @@ def nearest_distances(queries: Any, references: Any, exclude_self: bool = False)
 # --------------------------------------------------------------------------------------------
 # Improved precision and recall
 # --------------------------------------------------------------------------------------------
+
 
 def _fraction_inside_manifold(points: Tensor, manifold: Tensor, radii: Tensor) -> float:
     """Fraction of `points` within radius_i of at least one manifold sample i (closed balls)."""
@@ -207,8 +224,10 @@ def precision_recall(real_features: Any, fake_features: Any, k: int = 3) -> dict
         raise ValueError(f"k is the neighbour whose distance sets each radius and must be ≥ 1, got {k}")
     for name, features in (("real_features", real), ("fake_features", fake)):
         if features.shape[0] <= k:
-            raise ValueError(f"{name} has {features.shape[0]} samples; a k-th nearest neighbour besides "
-                             f"the point itself needs more than k = {k}: lower k or add samples")
+            raise ValueError(
+                f"{name} has {features.shape[0]} samples; a k-th nearest neighbour besides "
+                f"the point itself needs more than k = {k}: lower k or add samples"
+            )
     real_radii, _ = _kth_neighbour_distances(real, real, k, exclude_self=True)
     fake_radii, _ = _kth_neighbour_distances(fake, fake, k, exclude_self=True)
     return {
@@ -221,8 +240,10 @@ def precision_recall(real_features: Any, fake_features: Any, k: int = 3) -> dict
 # Memorisation
 # --------------------------------------------------------------------------------------------
 
-def memorisation(sample_features: Any, train_features: Any, val_features: Any,
-                 quantile: float = 0.01) -> dict[str, Any]:
+
+def memorisation(
+    sample_features: Any, train_features: Any, val_features: Any, quantile: float = 0.01
+) -> dict[str, Any]:
     """Flag generated samples that sit closer to a training image than real held-out images do.
 
     The yardstick is the distribution of val-to-train nearest distances: real images the model
@@ -247,8 +268,10 @@ def memorisation(sample_features: Any, train_features: Any, val_features: Any,
     _check_same_dim(samples, train, "sample_features", "train_features")
     _check_same_dim(val, train, "val_features", "train_features")
     if val.shape[0] == 0:
-        raise ValueError("val_features is empty; the threshold comes from real held-out images, so at "
-                         "least one is needed (hundreds for a 1 % quantile to mean something)")
+        raise ValueError(
+            "val_features is empty; the threshold comes from real held-out images, so at "
+            "least one is needed (hundreds for a 1 % quantile to mean something)"
+        )
     sample_to_train, nearest_train = nearest_distances(samples, train)
     val_to_train, _ = nearest_distances(val, train)
     threshold = float(np.quantile(val_to_train, quantile))
@@ -270,6 +293,7 @@ def memorisation(sample_features: Any, train_features: Any, val_features: Any,
 # Classification
 # --------------------------------------------------------------------------------------------
 
+
 def classification_metrics(true_labels: Any, predicted_labels: Any, num_classes: int) -> dict[str, Any]:
     """Accuracy, per-class accuracy (recall of each true class) and the confusion matrix.
 
@@ -279,21 +303,26 @@ def classification_metrics(true_labels: Any, predicted_labels: Any, num_classes:
     """
     true, predicted = _as_labels(true_labels), _as_labels(predicted_labels)
     if true.shape != predicted.shape:
-        raise ValueError(f"true_labels and predicted_labels must have one entry per sample each, got "
-                         f"{true.size} and {predicted.size}")
+        raise ValueError(
+            f"true_labels and predicted_labels must have one entry per sample each, got "
+            f"{true.size} and {predicted.size}"
+        )
     if true.size == 0:
         raise ValueError("no labels given; classification metrics need at least one sample")
     for name, labels in (("true_labels", true), ("predicted_labels", predicted)):
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"{name} must be integer class indices, got dtype {labels.dtype}")
         if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"{name} must lie in [0, {num_classes}) for num_classes={num_classes}, "
-                             f"found values from {labels.min()} to {labels.max()}")
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}) for num_classes={num_classes}, "
+                f"found values from {labels.min()} to {labels.max()}"
+            )
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (true, predicted), 1)
     per_class_total = confusion.sum(axis=1)
-    per_class_accuracy = [float(confusion[c, c] / per_class_total[c]) if per_class_total[c] else None
-                          for c in range(num_classes)]
+    per_class_accuracy = [
+        float(confusion[c, c] / per_class_total[c]) if per_class_total[c] else None for c in range(num_classes)
+    ]
     return {
         "accuracy": float(np.trace(confusion) / true.size),
         "per_class_accuracy": per_class_accuracy,

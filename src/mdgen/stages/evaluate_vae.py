@@ -1,6 +1,6 @@
 """Stage `evaluate_vae`: how well do the initial and the fine-tuned VA-VAE reconstruct the val split?
 
-    python -m mdgen.evaluate_vae --manifest results/dataset/manifest.csv --vae results/vae/vavae.pt \
+    python -m mdgen.stages.evaluate_vae --manifest results/dataset/manifest.csv --vae results/vae/vavae.pt \
         --config config/config.yaml --out-json results/vae/eval.json --out-png results/vae/reconstructions.png
 
 For both models: PSNR and SSIM (torchmetrics, images in [0, 1]), LPIPS when VGG16 weights are
@@ -22,10 +22,13 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm import tqdm
 
 from mdgen.config import load_config
-from mdgen.data.dataset import MicroDopplerDataset
-from mdgen.finetune_vae import vae_kwargs
-from mdgen.losses import PerceptualLoss, build_lpips
-from mdgen.models.vavae import VAVAE, load_vavae
+from mdgen.data.dataset import class_label, MicroDopplerDataset, to_uint8
+from mdgen.data.validation import read_manifest, SPLITS
+from mdgen.evaluation.classifier import load_images, Recipe
+from mdgen.evaluation.identity import judge_view, reconstruct, reconstruction_identity
+from mdgen.io import atomic_output
+from mdgen.losses import build_lpips, PerceptualLoss
+from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
 from mdgen.plots import image_grid
 
 USERS_SHOWN = 8
@@ -33,7 +36,7 @@ USERS_SHOWN = 8
 
 def initial_model(config: dict) -> tuple[VAVAE, str]:
     """The model fine-tuning started from: weight_init, or the seeded random initialisation."""
-    kwargs = vae_kwargs(config) | {"use_vf": None}
+    kwargs = vavae_kwargs(config) | {"use_vf": None}
     torch.manual_seed(config["vae"]["seed"])
     model = VAVAE(**kwargs)
     weight_init = config["vae"]["weight_init"]
@@ -52,17 +55,12 @@ def lpips_or_none(config: dict) -> PerceptualLoss | None:
         return None
 
 
-def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    """[-1, 1] tensors (B, C, H, W) as uint8 arrays (H, W) or (H, W, 3)."""
-    array = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [a[..., 0] if a.shape[-1] == 1 else a for a in array]
-
-
 @torch.inference_mode()
-def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, label: str) -> tuple[dict, dict]:
-    """Metrics over the loader, and (input, reconstruction) of the first image of every user."""
+def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, label: str) -> tuple[dict, list, dict]:
+    """Metrics over the loader, every reconstruction (uint8, as a written file holds it), and
+    (input, reconstruction) of the first image of every user."""
     model.eval()
-    psnr, ssim, perceptual, latents, firsts = [], [], [], [], {}
+    psnr, ssim, perceptual, latents, arrays, firsts = [], [], [], [], [], {}
     device = next(model.parameters()).device
     for batch in tqdm(loader, desc=label, unit="batch", file=sys.stdout):
         images = batch["image"].to(device)
@@ -74,6 +72,7 @@ def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, lab
         if lpips is not None:
             perceptual.append(lpips(images, reconstructions).flatten())
         latents.append(posterior.mode().transpose(0, 1).flatten(1))  # (C, B·h·w)
+        arrays += to_uint8(reconstructions)
         for user, image, reconstruction in zip(batch["user_id"], images.cpu(), reconstructions.cpu()):
             firsts.setdefault(user, (image, reconstruction))
     latents = torch.cat(latents, dim=1).double().cpu()
@@ -84,7 +83,34 @@ def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, lab
         "latent_mean": latents.mean(dim=1).tolist(),
         "latent_std": latents.std(dim=1).tolist(),
     }
-    return metrics, firsts
+    return metrics, arrays, firsts
+
+
+def identity(config: dict, manifest: str, vae: VAVAE, recon_val: list, batch_size: int) -> dict:
+    """Does the person survive the autoencoder? The evaluation classifier (real judge) on real val
+    and on its reconstructions, and a judge trained on reconstructions (see mdgen.evaluation.identity)."""
+    settings, data = config["evaluation"], config["data"]
+    recipe = Recipe(**settings["classifier"])
+    rows = {split: read_manifest(manifest, split) for split in SPLITS}
+    labels = {split: torch.tensor([class_label(r["user_id"]) for r in rows[split]]) for split in SPLITS}
+    real = {split: load_images([r["path"] for r in rows[split]], data["channels"], recipe.size) for split in SPLITS}
+    train = MicroDopplerDataset(manifest, "train", data["size"], data["channels"])
+    batches = (batch["image"] for batch in DataLoader(train, batch_size=batch_size, shuffle=False))
+    recon_train = reconstruct(
+        vae,
+        tqdm(batches, desc="reconstructing train", total=-(-len(train) // batch_size), unit="batch", file=sys.stdout),
+    )
+    return reconstruction_identity(
+        real["train"],
+        labels["train"],
+        real["val"],
+        labels["val"],
+        judge_view(recon_val, recipe.size),
+        data["num_classes"],
+        recipe,
+        settings["seeds"],
+        recon_train_x=judge_view(recon_train, recipe.size),
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = load_config(args.config, "data", "vae")
+    config = load_config(args.config, "data", "vae", "evaluation")
     size, channels = config["data"]["size"], config["data"]["channels"]
     dataset = MicroDopplerDataset(args.manifest, "val", size, channels)
     loader = DataLoader(dataset, batch_size=config["vae"]["batch_size"], shuffle=False)
@@ -110,22 +136,44 @@ def main(argv: list[str] | None = None) -> int:
     lpips = lpips.to(device) if lpips is not None else None
     initial, initial_label = initial_model(config)
     models = {initial_label: initial.to(device), "fine-tuned": load_vavae(args.vae, use_vf=None).to(device)}
-    results, reconstructions = {}, {}
+    results, arrays, reconstructions = {}, {}, {}
     for label, model in models.items():
-        results[label], reconstructions[label] = evaluate(model, loader, lpips, label)
+        results[label], arrays[label], reconstructions[label] = evaluate(model, loader, lpips, label)
         m = results[label]
-        print(f"{label:>28}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
-              + (f", LPIPS {m['lpips']:.4f}" if m["lpips"] is not None else ""))
+        print(
+            f"{label:>28}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
+            + (f", LPIPS {m['lpips']:.4f}" if m["lpips"] is not None else "")
+        )
+
+    table = identity(config, args.manifest, models["fine-tuned"], arrays["fine-tuned"], config["vae"]["batch_size"])
+    print(f"Identity ({table['judge']}; chance {table['chance']:.3f}):")
+    for key, label in (
+        ("real_val", "real val"),
+        ("reconstructions", "reconstructions of real val"),
+        ("reconstruction_judge", "judge trained on reconstructions"),
+    ):
+        print(f"{label:>44}: {table[key]['mean']:.3f} ± {table[key]['std']:.3f}")
 
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    report = {"split": "val", "images": len(dataset), "initial": results[initial_label], "initial_weights": initial_label,
-              "fine_tuned": results["fine-tuned"], "vae": args.vae, "lpips_available": lpips is not None}
-    args.out_json.write_text(json.dumps(report, indent=2))
+    report = {
+        "split": "val",
+        "images": len(dataset),
+        "initial": results[initial_label],
+        "initial_weights": initial_label,
+        "fine_tuned": results["fine-tuned"],
+        "vae": args.vae,
+        "lpips_available": lpips is not None,
+        "identity": table,
+    }
+    with atomic_output(args.out_json) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
 
     users = sorted(reconstructions["fine-tuned"])
     shown = [users[i] for i in np.linspace(0, len(users) - 1, min(USERS_SHOWN, len(users))).round().astype(int)]
     rows = [
-        to_uint8(torch.stack([reconstructions["fine-tuned"][u][0], *(reconstructions[label][u][1] for label in models)]))
+        to_uint8(
+            torch.stack([reconstructions["fine-tuned"][u][0], *(reconstructions[label][u][1] for label in models)])
+        )
         for u in shown
     ]
     image_grid(rows, shown, ["input", *models], args.out_png, title="VA-VAE reconstructions (val)")

@@ -175,8 +175,9 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int) 
         )
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: Recipe,
-                     seed: int) -> nn.Module:
+def train_classifier(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: Recipe, seed: int
+) -> nn.Module:
     """Train a fresh classifier on in-memory images (N, C, H, W) in [-1, 1]; return it in eval mode.
 
     Deterministic for a seed on a given machine and thread count (the thread count changes the
@@ -207,7 +208,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
         for _ in range(recipe.epochs):
             order = torch.randperm(len(images), generator=shuffle).to(images.device)
             for step in range(steps_per_epoch):
-                batch = order[step * batch_size:(step + 1) * batch_size]
+                batch = order[step * batch_size : (step + 1) * batch_size]
                 logits = model(images[batch].contiguous(memory_format=torch.channels_last))
                 loss = F.cross_entropy(logits, labels[batch], label_smoothing=recipe.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -220,10 +221,12 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 def _batched(model: nn.Module, images: torch.Tensor, batch_size: int, fn) -> torch.Tensor:
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([
-        fn(images[i:i + batch_size].to(device).contiguous(memory_format=torch.channels_last))
-        for i in range(0, len(images), batch_size)
-    ])
+    return torch.cat(
+        [
+            fn(images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last))
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 @torch.no_grad()

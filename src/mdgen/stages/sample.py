@@ -1,6 +1,6 @@
 """Stage `sample`: new spectrograms for every user, from the LightningDiT and the VA-VAE decoder.
 
-    python -m mdgen.sample --dit results/dit/dit.pt --vae results/vae/vavae.pt --out-dir results/samples \
+    python -m mdgen.stages.sample --dit results/dit/dit.pt --vae results/vae/vavae.pt --out-dir results/samples \
         --config config/config.yaml
 
 For each user: noise → ODE sampler (Euler or Heun, time-shifted grid) with classifier-free guidance
@@ -29,21 +29,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from mdgen.config import load_config
+from mdgen.data.dataset import to_uint8
 from mdgen.data.validation import user_id
-from mdgen.evaluate_vae import to_uint8
 from mdgen.launch import die_with_launcher
+from mdgen.models.lightningdit import load_dit
 from mdgen.models.vavae import load_vavae
 from mdgen.plots import image_grid
-from mdgen.train_dit import build_dit
 from mdgen.transport import sample_ode
-
-
-def load_dit(path: Path, use_ema: bool) -> tuple[torch.nn.Module, dict]:
-    """The DiT of a train_dit export, with its EMA (or raw) weights, and the export's config."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_dit(checkpoint["config"]["model"])
-    model.load_state_dict(checkpoint["ema" if use_ema else "model"], strict=True)
-    return model.eval(), checkpoint["config"]
 
 
 def guided_velocity(model, labels: torch.Tensor, settings: dict):
@@ -51,15 +43,21 @@ def guided_velocity(model, labels: torch.Tensor, settings: dict):
     if settings["cfg_scale"] == 1:  # no guidance: the conditional velocity alone, half the compute
         return lambda x, t: model(x, t, labels)
     if model.null_label is None:
-        raise SystemExit("This DiT was trained without label dropout (dit.class_dropout_prob: 0), so it has no "
-                         "unconditional prediction to guide with: set sample.cfg_scale: 1, or retrain with dropout.")
+        raise SystemExit(
+            "This DiT was trained without label dropout (dit.class_dropout_prob: 0), so it has no "
+            "unconditional prediction to guide with: set sample.cfg_scale: 1, or retrain with dropout."
+        )
     null = torch.full_like(labels, model.null_label)
     y = torch.cat([labels, null])
 
     def velocity(x, t):
         combined = model.forward_with_cfg(
-            torch.cat([x, x]), torch.cat([t, t]), y, settings["cfg_scale"],
-            cfg_interval_start=settings["cfg_interval_start"], guidance_channels=settings["guidance_channels"],
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            y,
+            settings["cfg_scale"],
+            cfg_interval_start=settings["cfg_interval_start"],
+            guidance_channels=settings["guidance_channels"],
         )
         return combined[: len(x)]
 
@@ -70,12 +68,19 @@ def sample_user(model, vae, user: int, count: int, settings: dict, latent_shape,
     """`count` decoded images (B, C, H, W) in [-1, 1] for one user, on the model's device."""
     generator = torch.Generator().manual_seed(settings["seed"] * 1_000_003 + user)
     device = mean.device
-    noise = torch.randn((count, *latent_shape), generator=generator).to(device)  # drawn on the CPU: any device, same noise
+    noise = torch.randn((count, *latent_shape), generator=generator).to(
+        device
+    )  # drawn on the CPU: any device, same noise
     images = []
     for batch in noise.split(settings["batch_size"]):
         labels = torch.full((len(batch),), user, dtype=torch.long, device=device)
-        latents = sample_ode(guided_velocity(model, labels, settings), batch, num_steps=settings["num_sampling_steps"],
-                             method=settings["sampling_method"], shift=settings["timestep_shift"])
+        latents = sample_ode(
+            guided_velocity(model, labels, settings),
+            batch,
+            num_steps=settings["num_sampling_steps"],
+            method=settings["sampling_method"],
+            shift=settings["timestep_shift"],
+        )
         images.append(vae.decode(latents * std + mean).clamp(-1, 1))
     return torch.cat(images)
 
@@ -100,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, "data", "sample")
     settings = config["sample"]
     processes = settings["devices"] * settings["num_nodes"]
-    fabric = Fabric(accelerator=settings["accelerator"], devices=settings["devices"], num_nodes=settings["num_nodes"],
-                    strategy="ddp" if processes > 1 else "auto")
+    fabric = Fabric(
+        accelerator=settings["accelerator"],
+        devices=settings["devices"],
+        num_nodes=settings["num_nodes"],
+        strategy="ddp" if processes > 1 else "auto",
+    )
     fabric.launch()  # joins the processes torchrun or srun started; nothing to do for one
     torch.manual_seed(settings["seed"])
     model, dit_config = load_dit(args.dit, settings["use_ema"])
@@ -113,16 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     model_kwargs = dit_config["model"]
     latent_shape = (model_kwargs["in_channels"], model_kwargs["input_size"], model_kwargs["input_size"])
     num_users = model_kwargs["num_classes"]
-    fabric.print(f"Sampling {settings['per_user']} spectrograms for each of {num_users} users: {settings['sampling_method']}, "
-                 f"{settings['num_sampling_steps']} steps, time shift {settings['timestep_shift']}, cfg {settings['cfg_scale']} "
-                 f"from t > {settings['cfg_interval_start']} on {settings['guidance_channels'] or 'all'} channels, "
-                 f"{'EMA' if settings['use_ema'] else 'raw'} weights; seed {settings['seed']}; "
-                 f"{fabric.world_size} process(es) on {fabric.device.type}")
+    fabric.print(
+        f"Sampling {settings['per_user']} spectrograms for each of {num_users} users: {settings['sampling_method']}, "
+        f"{settings['num_sampling_steps']} steps, time shift {settings['timestep_shift']}, cfg {settings['cfg_scale']} "
+        f"from t > {settings['cfg_interval_start']} on {settings['guidance_channels'] or 'all'} channels, "
+        f"{'EMA' if settings['use_ema'] else 'raw'} weights; seed {settings['seed']}; "
+        f"{fabric.world_size} process(es) on {fabric.device.type}"
+    )
 
     mine = range(fabric.global_rank, num_users, fabric.world_size)
     start = time.perf_counter()
-    progress = tqdm(mine, desc=f"users (rank 0 of {fabric.world_size})" if fabric.world_size > 1 else "users",
-                    unit="user", file=sys.stdout, disable=not fabric.is_global_zero)
+    progress = tqdm(
+        mine,
+        desc=f"users (rank 0 of {fabric.world_size})" if fabric.world_size > 1 else "users",
+        unit="user",
+        file=sys.stdout,
+        disable=not fabric.is_global_zero,
+    )
     for user in progress:
         images = to_uint8(sample_user(model, vae, user, settings["per_user"], settings, latent_shape, mean, std))
         folder = args.out_dir / user_id(user)
@@ -135,10 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         written = [sample_files(args.out_dir / user_id(u)) for u in range(num_users)]
         grid_rows = [[np.asarray(Image.open(path)) for path in files[: settings["grid_per_user"]]] for files in written]
         total = sum(map(len, written))
-        image_grid(grid_rows, [user_id(u) for u in range(num_users)], [], args.out_dir / "grid.png",
-                   title=f"Generated spectrograms, one row per user (cfg {settings['cfg_scale']})", cell_inches=1.0)
-        print(f"Wrote {total} samples to {args.out_dir}/user_NN/ and grid.png in {elapsed:.0f} s "
-              f"({elapsed * fabric.world_size / total:.2f} process-seconds per image)")
+        image_grid(
+            grid_rows,
+            [user_id(u) for u in range(num_users)],
+            [],
+            args.out_dir / "grid.png",
+            title=f"Generated spectrograms, one row per user (cfg {settings['cfg_scale']})",
+            cell_inches=1.0,
+        )
+        print(
+            f"Wrote {total} samples to {args.out_dir}/user_NN/ and grid.png in {elapsed:.0f} s "
+            f"({elapsed * fabric.world_size / total:.2f} process-seconds per image)"
+        )
     return 0
 
 

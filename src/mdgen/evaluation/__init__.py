@@ -1,0 +1,2 @@
+"""Evaluation: the person-identification classifier (the yardstick), distribution metrics, the
+augmentation study and where identity is lost between real images, reconstructions and samples."""

@@ -1,0 +1,240 @@
+"""Stage `evaluate_generation`: does the generated data help person identification?
+
+    python -m mdgen.stages.evaluate_generation --manifest results/dataset/manifest.csv --samples results/samples \
+        --vae-eval results/vae/eval.json --out-dir results/eval --config config/config.yaml
+
+Trains the person-identification classifier (a fixed recipe, several seeds) on
+- real train images only (the baseline),
+- real + synthetic images at each synthetic:real ratio (per user),
+- synthetic images only (the Classification Accuracy Score of Ravuri & Vinyals, 2019),
+and tests every one on the REAL val split, which neither the VAE nor the generator saw. In the
+real-trained classifiers' penultimate features it measures per-user fidelity (is user k's sample
+classified as k?), Fréchet distance and k-NN precision/recall between real val images and samples,
+and memorisation (samples closer to a training image than almost any real val image is). With the
+VA-VAE's identity figures from evaluate_vae it states where identity is lost, for every generator:
+real val → reconstructions of real val → samples (fidelity) → trained on samples (CAS).
+
+Writes `<out-dir>/generation.json` (every number, the seeds, the settings, and which real images
+each generator and classifier saw), `metrics.csv` (the headline table) and the plots
+identity.png, accuracy_vs_ratio.png, per_user_accuracy.png, confusion.png and nearest_pairs.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mdgen.config import load_config
+from mdgen.data.dataset import class_label, per_user_subset
+from mdgen.data.validation import read_manifest, user_id
+from mdgen.evaluation.classifier import embed, load_images, Recipe
+from mdgen.evaluation.identity import format_identity_table
+from mdgen.evaluation.metrics import frechet_distance, frechet_distance_per_group, memorisation, precision_recall
+from mdgen.evaluation.study import fidelity, Images, protocols, read_samples, run_protocols
+from mdgen.io import atomic_output
+from mdgen.plots import plot_accuracy_vs_ratio, plot_confusion, plot_identity, plot_pairs, plot_per_user
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--samples", type=Path, required=True, help="results/samples (user_NN/*.png)")
+    p.add_argument("--vae-eval", type=Path, required=True, help="results/vae/eval.json (its identity table)")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and evaluation sections")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (the rule's threads); on a busy machine more threads than cores is much slower",
+    )
+    p.add_argument(
+        "--low-data",
+        action="append",
+        default=[],
+        metavar="K=DIR",
+        help="the samples of the generator trained on K train images per user (repeatable)",
+    )
+    return p.parse_args(argv)
+
+
+def parse_low_data(item: str) -> tuple[int, Path]:
+    k, _, folder = item.partition("=")
+    if not k.isdigit() or not folder:
+        raise SystemExit(f"--low-data expects K=DIR (e.g. 4=results/lowdata/k4/samples), got {item!r}")
+    return int(k), Path(folder)
+
+
+def read_vae_identity(path: Path, settings: dict) -> dict:
+    """evaluate_vae's identity table, checked to come from the same judges (seeds and recipe)."""
+    table = json.loads(path.read_text()).get("identity")
+    if table is None:
+        raise SystemExit(f"{path} has no identity table: it was written by an older evaluate_vae; rerun evaluate_vae")
+    expected = f"evaluation classifier ({settings['classifier']['architecture']}, {settings['classifier']['size']} px)"
+    seeds = len(table["real_val"]["runs"])
+    if not table["judge"].startswith(expected) or seeds != len(settings["seeds"]):
+        raise SystemExit(
+            f"{path} was measured with judges '{table['judge']}', this evaluation uses {expected} with "
+            f"seeds {settings['seeds']}: rerun evaluate_vae with the same evaluation settings"
+        )
+    return table
+
+
+def metrics_rows(results: dict, knn_k: int) -> list[tuple[str, str, str]]:
+    """The headline table (metrics.csv): metric, mean, std."""
+    accuracies = [
+        ("real only", results["real_only"]["val_accuracy"]),
+        *((f"real + synthetic ×{a['ratio']:g}", a["val_accuracy"]) for a in results["augmented"]),
+        ("synthetic only (CAS)", results["synthetic_only"]["val_accuracy"]),
+        ("samples classified as their user (fidelity)", results["fidelity"]["accuracy"]),
+        ("reconstructions of real val classified as their user", results["identity"]["reconstructions"]),
+    ]
+    rows = [(name, f"{v['mean']:.4f}", f"{v['std']:.4f}") for name, v in accuracies]
+    fd, pr = results["frechet_distance"], results["precision_recall"]
+    return rows + [
+        ("Fréchet distance, val vs samples", f"{fd['overall']:.3f}", ""),
+        ("Fréchet distance, val vs real train (reference)", f"{fd['real_train_vs_val']:.3f}", ""),
+        (f"precision (k={knn_k})", f"{pr['precision']:.4f}", ""),
+        (f"recall (k={knn_k})", f"{pr['recall']:.4f}", ""),
+        ("samples flagged as memorised", f"{results['memorisation']['fraction_flagged']:.4f}", ""),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config, "data", "evaluation")
+    settings, num_classes, channels = config["evaluation"], config["data"]["num_classes"], config["data"]["channels"]
+    recipe = Recipe(**settings["classifier"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    vae_identity = read_vae_identity(args.vae_eval, settings)
+
+    def images(paths: list[str], labels) -> Images:
+        return Images(load_images(paths, channels, recipe.size), np.asarray(labels), paths)
+
+    real = {
+        split: images([r["path"] for r in rows], [class_label(r["user_id"]) for r in rows])
+        for split, rows in ((s, read_manifest(args.manifest, s)) for s in ("train", "val"))
+    }
+    train, val = real["train"], real["val"]
+    samples = images(*read_samples(args.samples, num_classes))
+    low_data = dict(parse_low_data(item) for item in args.low_data)
+    print(
+        f"Real: {len(train.paths)} train / {len(val.paths)} val images; synthetic: {len(samples.paths)} samples "
+        f"of {num_classes} users; classifier {recipe}; seeds {settings['seeds']}"
+    )
+
+    runs = len(protocols(settings["ratios"])) * len(settings["seeds"]) * (1 + len(low_data))
+    progress = tqdm(total=runs, desc="classifiers", unit="run", file=sys.stdout)
+    study = dict(
+        num_classes=num_classes,
+        recipe=recipe,
+        seeds=settings["seeds"],
+        ratios=settings["ratios"],
+        on_run=progress.update,
+        log=progress.write,
+    )
+    main_study, judges = run_protocols(train, samples, val, generator_saw="real_train", **study)
+    results = {
+        "num_classes": num_classes,
+        "seeds": settings["seeds"],
+        "settings": settings,
+        "training_sets": {"real_train": train.paths, "synthetic": samples.paths},
+        **main_study,
+        "fidelity": fidelity(judges, samples, num_classes),
+        "low_data": {},
+    }
+    for k, folder in low_data.items():
+        # The same draw as train_dit --per-user k: the generator and these classifiers saw the same images.
+        name = f"k{k}"
+        subset = train.subset(per_user_subset(train.labels, k, settings["low_data_seed"]))
+        generated = images(*read_samples(folder, num_classes))
+        results["training_sets"] |= {name: subset.paths, f"synthetic_{name}": generated.paths}
+        results["low_data"][name] = run_protocols(subset, generated, val, generator_saw=name, **study)[0]
+        results["low_data"][name]["fidelity"] = fidelity(judges, generated, num_classes)
+    progress.close()
+
+    # Where identity is lost, for every generator, under the same real-trained judges.
+    generators = {"real_train": results, **results["low_data"]}
+    results["identity"] = vae_identity | {
+        "real_val": results["real_only"]["val_accuracy"],
+        "generators": {
+            name: {
+                "real_val": results["real_only"]["val_accuracy"],
+                "reconstructions": vae_identity["reconstructions"],
+                "fidelity": study_results["fidelity"]["accuracy"],
+                "cas": study_results["synthetic_only"]["val_accuracy"],
+            }
+            for name, study_results in generators.items()
+        },
+        "labels": {"real_train": "generator on all train images"}
+        | {name: f"generator on {name.removeprefix('k')} train images per user" for name in results["low_data"]},
+    }
+    print(f"Where identity is lost ({vae_identity['judge']}; chance {vae_identity['chance']:.3f}):")
+    print(format_identity_table(results["identity"]["generators"]))
+
+    # Distribution metrics in the features of the first seed's real-trained classifier.
+    reference = judges[settings["seeds"][0]]
+    features = {
+        name: embed(reference, x.x).double() for name, x in (("train", train), ("val", val), ("samples", samples))
+    }
+    fd_per_user = frechet_distance_per_group(features["val"], val.labels, features["samples"], samples.labels)
+    memo = memorisation(
+        features["samples"], features["train"], features["val"], quantile=settings["memorisation_quantile"]
+    )
+    results |= {
+        "features": {"classifier": f"real_only, seed {settings['seeds'][0]}", "dim": int(features["val"].shape[1])},
+        "frechet_distance": {
+            "overall": frechet_distance(features["val"], features["samples"]),
+            "per_user": {user_id(int(u)): v for u, v in fd_per_user.items()},
+            "real_train_vs_val": frechet_distance(features["val"], features["train"]),
+        },
+        "precision_recall": precision_recall(features["val"], features["samples"], k=settings["knn_k"])
+        | {"k": settings["knn_k"]},
+        "memorisation": {key: memo[key] for key in ("threshold", "quantile", "fraction_flagged")}
+        | {
+            "closest_pairs": [
+                {"sample": samples.paths[s], "train": train.paths[t], "distance": float(d)}
+                for s, t, d in memo["closest_pairs"]
+            ]
+        },
+    }
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(args.out_dir / "generation.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+    rows = metrics_rows(results, settings["knn_k"])
+    with atomic_output(args.out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([("metric", "mean", "std"), *rows])
+    figures = {
+        "identity.png": lambda out: plot_identity(results["identity"], out),
+        "accuracy_vs_ratio.png": lambda out: plot_accuracy_vs_ratio(results, out),
+        "per_user_accuracy.png": lambda out: plot_per_user(
+            results["fidelity"]["per_user"], results["real_only"]["per_user_val_accuracy"], out
+        ),
+        "confusion.png": lambda out: plot_confusion(results["fidelity"]["confusion"], out),
+        "nearest_pairs.png": lambda out: plot_pairs(memo["closest_pairs"], samples.x, train.x, memo["threshold"], out),
+    }
+    for name, draw in figures.items():
+        with atomic_output(args.out_dir / name) as tmp:
+            draw(tmp)
+    for name, mean, std in rows:
+        print(f"{name:>52}: {mean}" + (f" ± {std}" if std else ""))
+    print(
+        f"Wrote {args.out_dir}/generation.json, metrics.csv and {len(figures)} plots in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

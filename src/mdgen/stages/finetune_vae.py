@@ -1,0 +1,127 @@
+"""Stage `finetune_vae`: fine-tune the VA-VAE on the validated spectrograms (or train it from scratch).
+
+    python -m mdgen.stages.finetune_vae --manifest results/dataset/manifest.csv --out-dir results/vae \
+        --config config/config.yaml
+
+Writes `<out-dir>/vavae.pt` (official layout: `{'state_dict', 'config'}`), `metrics.csv` and
+`curves.png`. The resumable state (Lightning's `last.ckpt`, both optimizers included) lives in
+`<out-dir>/training/`, which is not a Snakemake output: rerunning after an interruption
+continues from there; a changed configuration starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from mdgen.config import load_config
+from mdgen.launch import die_with_launcher
+from mdgen.models.vavae import save_official, vavae_kwargs
+from mdgen.plots import plot_curves
+from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config
+from mdgen.training.vavae import SpectrogramData, VAVAETraining
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="results/dataset/manifest.csv")
+    p.add_argument(
+        "--out-dir", type=Path, required=True, help="where vavae.pt, metrics.csv, curves.png and training/ go"
+    )
+    p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and vae sections")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()
+    args = parse_args(argv)
+    config = load_config(args.config, "data", "vae")
+    config = {"data": {k: config["data"][k] for k in ("size", "channels")}, "vae": config["vae"]}
+    vae_config = config["vae"]
+    pl.seed_everything(vae_config["seed"], workers=True)
+
+    work_dir = args.out_dir / "training"
+    resume_from = prepare_work_dir(work_dir, config)
+    data = SpectrogramData(
+        args.manifest,
+        config["data"]["size"],
+        config["data"]["channels"],
+        vae_config["batch_size"],
+        vae_config["num_workers"],
+    )
+    module = VAVAETraining(config)
+
+    n_params = sum(p.numel() for p in module.vae.parameters())
+    size, channels = config["data"]["size"], config["data"]["channels"]
+    say(
+        f"VA-VAE: {n_params / 1e6:.2f} M parameters, latents {vae_config['embed_dim']}×"
+        f"{size // module.vae.downsample_factor}² for {size}² × {channels} images"
+    )
+    say(
+        f"Data: {len(data.train)} train / {len(data.val)} val spectrograms from {args.manifest}, "
+        f"batch {vae_config['batch_size']}"
+    )
+    if resume_from:
+        say(f"Resuming from {resume_from} (optimizer and discriminator states included)")
+    elif vae_config["weight_init"]:
+        report = module.vae.load_pretrained(vae_config["weight_init"])
+        say(report)
+        state = torch.load(vae_config["weight_init"], map_location="cpu", weights_only=True)
+        loaded = module.loss.load_official_loss_state(state.get("state_dict", state))
+        say(f"Loss state from the checkpoint: {', '.join(loaded) if loaded else 'none (discriminator starts fresh)'}")
+    else:
+        say("No vae.weight_init: training the VA-VAE from scratch.")
+    loss_config = vae_config["lossconfig"]
+    say(
+        f"Loss: L1{' + LPIPS' if loss_config['perceptual_weight'] > 0 else ' (no LPIPS: perceptual_weight 0)'}"
+        f" + KL + PatchGAN from step {loss_config['disc_start']}"
+        + (
+            f" + VF alignment with {vae_config['use_vf']}"
+            if vae_config["use_vf"]
+            else " (no VF alignment: use_vf null)"
+        )
+    )
+
+    checkpoint_dir = work_dir / "checkpoints"
+    # last.ckpt every few steps (what a rerun resumes from); best.ckpt at validation.
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=vae_config["checkpoint_every_n_steps"]
+    )
+    best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val/rec_loss", mode="min", save_top_k=1)
+    # The discriminator update leaves the VA-VAE without gradients (and the reverse): DDP must know.
+    trainer = trainer_from_config(
+        vae_config["trainer"], work_dir, [last, best], seed=vae_config["seed"], find_unused_parameters=True
+    )
+    elapsed = fit(trainer, module, data, resume_from, f"(checkpoints in {checkpoint_dir})")
+
+    if trainer.is_global_zero:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        export_config = {"model": vavae_kwargs(config), **config}
+        save_official(args.out_dir / "vavae.pt", module.vae, export_config, extra_state=module.official_loss_state())
+        collect_metrics(work_dir, args.out_dir / "metrics.csv")
+        plot_curves(
+            args.out_dir / "metrics.csv",
+            args.out_dir / "curves.png",
+            title="VA-VAE fine-tuning",
+            panels={
+                "reconstruction (L1 + perceptual)": ["train/rec_loss", "val/rec_loss"],
+                "adversarial": ["train/g_loss", "train/disc_loss"],
+                "KL": ["train/kl_loss"],
+                "VF alignment": ["train/vf_loss"],
+            },
+            xlabel="batch (two optimizer steps each)",
+        )
+        print(
+            f"Trained {trainer.global_step} optimizer steps in {elapsed:.0f} s; wrote {args.out_dir / 'vavae.pt'}, "
+            f"metrics.csv and curves.png"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Stage `train_dit`: a class-conditional LightningDiT trained with rectified flow on the latent stores.
+
+    python -m mdgen.stages.train_dit --latents results/latents --vae results/vae/vavae.pt --out-dir results/dit \
+        --config config/config.yaml
+
+One class per user (`data.num_classes`); labels are dropped with `class_dropout_prob` so the model
+also learns the unconditional velocity that classifier-free guidance needs. Writes
+`<out-dir>/dit.pt` in the official layout (`{'model', 'ema', 'opt', 'config'}`), `metrics.csv` and
+`curves.png`; the resumable state (Lightning's `last.ckpt`: optimizer, EMA, step) lives in
+`<out-dir>/training/` and a rerun continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from mdgen.config import load_config
+from mdgen.data.dataset import per_user_subset
+from mdgen.data.latents import LatentDataModule
+from mdgen.launch import die_with_launcher
+from mdgen.models.lightningdit import dit_kwargs, save_official
+from mdgen.plots import plot_curves
+from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config
+from mdgen.training.dit import DiTTraining
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--latents", type=Path, required=True, help="folder holding train.zarr and val.zarr")
+    p.add_argument("--vae", required=True, help="the VA-VAE the latents were made with (checked by sha256)")
+    p.add_argument("--out-dir", type=Path, required=True, help="where dit.pt, metrics.csv, curves.png and training/ go")
+    p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and dit sections")
+    p.add_argument(
+        "--per-user", type=int, default=None, help="train on this many train latents per user only (the low-data study)"
+    )
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the per-user draw")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()
+    args = parse_args(argv)
+    config = load_config(args.config, "data", "dit")
+    config = {"data": {k: config["data"][k] for k in ("size", "channels", "num_classes")}, "dit": config["dit"]}
+    dit_config = config["dit"]
+    pl.seed_everything(dit_config["seed"], workers=True)
+
+    data = LatentDataModule(
+        args.latents / "train.zarr",
+        args.latents / "val.zarr",
+        dit_config["batch_size"],
+        num_workers=dit_config["num_workers"],
+        vae_path=args.vae,
+        memory_limit_mb=dit_config["memory_limit_mb"],
+    )
+    data.setup("fit")
+    subset = None
+    if args.per_user is not None:
+        indices = per_user_subset(data.train.labels, args.per_user, args.subset_seed)
+        data.train_indices = indices
+        subset = {"per_user": args.per_user, "seed": args.subset_seed, "paths": [data.train.paths[i] for i in indices]}
+        config["train_subset"] = {k: v for k, v in subset.items() if k != "paths"}  # part of the resume fingerprint
+    latent_shape = tuple(data.train.latents_shape)
+    model_kwargs = dit_kwargs(config, latent_shape)
+    work_dir = args.out_dir / "training"
+    resume_from = prepare_work_dir(work_dir, config)
+    module = DiTTraining(config, model_kwargs)
+
+    n_params = sum(p.numel() for p in module.model.parameters())
+    say(
+        f"{dit_config['model_type']}: {n_params / 1e6:.2f} M parameters on {latent_shape[0]}×{latent_shape[1]}×"
+        f"{latent_shape[2]} latents, {config['data']['num_classes']} classes (null label {module.model.null_label})"
+    )
+    trained_on = f"{len(subset['paths'])} ({args.per_user} per user)" if subset else str(len(data.train))
+    say(f"Data: {trained_on} train / {len(data.val)} val latents from {args.latents}, batch {dit_config['batch_size']}")
+    if resume_from:
+        say(f"Resuming from {resume_from} (optimizer, EMA and step included)")
+
+    checkpoint_dir = work_dir / "checkpoints"
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=dit_config["checkpoint_every_n_steps"]
+    )
+    trainer = trainer_from_config(
+        dit_config["trainer"],
+        work_dir,
+        [last],
+        seed=dit_config["seed"],
+        gradient_clip_val=dit_config["optimizer"]["max_grad_norm"],
+        # Every n steps across epochs (the validation loss is costly: val_timesteps passes over the val store).
+        val_check_interval=dit_config["val_every_n_steps"],
+        check_val_every_n_epoch=None,
+    )
+    elapsed = fit(
+        trainer,
+        module,
+        data,
+        resume_from,
+        f"for {dit_config['trainer']['max_steps']} steps (checkpoints in {checkpoint_dir})",
+    )
+
+    if trainer.is_global_zero:
+        export_config = {
+            **config,
+            "model": model_kwargs,
+            "train_subset": subset,
+            "latent_stats": {"mean": data.train.mean.tolist(), "std": data.train.std.tolist()},
+        }
+        save_official(
+            args.out_dir / "dit.pt", module.model, module.ema, trainer.optimizers[0].state_dict(), export_config
+        )
+        collect_metrics(work_dir, args.out_dir / "metrics.csv")
+        plot_curves(
+            args.out_dir / "metrics.csv",
+            args.out_dir / "curves.png",
+            title="LightningDiT training",
+            panels={
+                "loss": ["train/loss", "val/loss"],
+                "loss terms": ["train/mse", "train/cosine"],
+                "gradient norm (before clipping)": ["train/grad_norm"],
+                "throughput (latents/s)": ["train/latents_per_s"],
+            },
+        )
+        print(
+            f"Trained {trainer.global_step} steps in {elapsed:.0f} s; "
+            f"wrote {args.out_dir / 'dit.pt'}, metrics.csv and curves.png"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The LightningDiT's training task: rectified flow on latents, with an EMA copy of the weights."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from mdgen.models.lightningdit import build_dit
+from mdgen.transport import training_loss
+
+
+class DiTTraining(pl.LightningModule):
+    """Rectified-flow training of a LightningDiT with an EMA copy of its weights."""
+
+    def __init__(self, config: dict, model_kwargs: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config, "model_kwargs": model_kwargs})
+        self.dit_config = config["dit"]
+        self.model = build_dit(model_kwargs)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        # Compile only the training forward: the state dict keeps the official key names.
+        self.forward_model = torch.compile(self.model) if self.dit_config["compile"] else self.model
+        self._step_start = None
+
+    def _losses(self, latents, labels, **fixed):
+        transport = self.dit_config["transport"]
+        return training_loss(
+            self.forward_model,
+            latents,
+            dict(y=labels),
+            use_lognorm=transport["use_lognorm"],
+            use_cosine_loss=transport["use_cosine_loss"],
+            **fixed,
+        )
+
+    def training_step(self, batch, batch_idx):
+        latents, labels = batch
+        losses = self._losses(latents, labels)
+        # Under DDP: the mean over the ranks' batches (the loss the averaged gradient belongs to).
+        self.log("train/loss", losses["loss"], prog_bar=True, sync_dist=True)
+        self.log_dict({f"train/{name}": value for name, value in losses.items() if name != "loss"}, sync_dist=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return losses["loss"]
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._step_start = time.perf_counter()
+
+    def on_before_optimizer_step(self, optimizer):
+        # Before clipping: the norm the clipping acts on.
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        decay = self.dit_config["ema_decay"]
+        ema, model = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(ema, model, 1.0 - decay)
+        # The EMA needs no syncing: DDP keeps the weights, and so their averages, equal on every rank.
+        self.log(
+            "train/latents_per_s",
+            len(batch[0]) / (time.perf_counter() - self._step_start),
+            sync_dist=True,
+            reduce_fx="sum",
+        )
+
+    def validation_step(self, batch, batch_idx):
+        """The loss at a fixed grid of t with fixed noise: deterministic, comparable across runs."""
+        latents, labels = batch
+        generator = torch.Generator(device=latents.device).manual_seed(self.dit_config["seed"] * 100_003 + batch_idx)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+        grid = (torch.arange(self.dit_config["val_timesteps"], device=latents.device) + 0.5) / self.dit_config[
+            "val_timesteps"
+        ]
+        losses = [self._losses(latents, labels, t=t.expand(len(latents)), noise=noise)["loss"] for t in grid]
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True, batch_size=len(latents))
+
+    def configure_optimizers(self):
+        settings = self.dit_config["optimizer"]
+        return torch.optim.AdamW(
+            self.model.parameters(),
+            lr=settings["lr"],
+            betas=(0.9, settings["beta2"]),
+            weight_decay=settings["weight_decay"],
+        )

@@ -1,0 +1,170 @@
+"""The VA-VAE's training task: its data module, its loss built from the config, and the
+official training step (autoencoder update, then discriminator update, manual optimization)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from mdgen.data.dataset import MicroDopplerDataset
+from mdgen.losses import build_lpips, FoundationModel, LPIPSWithDiscriminator, PerceptualLoss
+from mdgen.models.vavae import VAVAE, vavae_kwargs
+
+# Lightning warns that manual optimization checkpoints hold the weights after the optimizer step;
+# that is what we want (the state at global_step), so the warning is noise.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+# Frozen networks whose weights come from their own files: kept out of Lightning checkpoints.
+FROZEN_PREFIXES = ("loss.perceptual_loss.", "loss.foundation_model.")
+
+
+def build_loss(config: dict) -> LPIPSWithDiscriminator:
+    """The VA-VAE loss with its frozen helpers (LPIPS backbone, vision foundation model) loaded."""
+    vae = config["vae"]
+    loss_config = vae["lossconfig"]
+    perceptual = None
+    if loss_config["perceptual_weight"] > 0:
+        perceptual_config = vae["perceptual"]
+        perceptual = PerceptualLoss(
+            build_lpips(perceptual_config["vgg16_weights"], random_backbone=perceptual_config["random_backbone"])
+        )
+    foundation = None
+    if vae["use_vf"]:
+        foundation_config = vae["foundation"]
+        foundation = FoundationModel(
+            vae["use_vf"], foundation_config["weights"], random_weights=foundation_config["random_weights"]
+        )
+    return LPIPSWithDiscriminator(
+        **loss_config, disc_in_channels=config["data"]["channels"], perceptual=perceptual, foundation_model=foundation
+    )
+
+
+class SpectrogramData(pl.LightningDataModule):
+    """Train and val splits of the manifest; no augmentation (see MicroDopplerDataset)."""
+
+    def __init__(self, manifest: str, size: int, channels: int, batch_size: int, num_workers: int):
+        super().__init__()
+        self.train = MicroDopplerDataset(manifest, "train", size, channels)
+        self.val = MicroDopplerDataset(manifest, "val", size, channels)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val, shuffle=False)
+
+
+class VAVAETraining(pl.LightningModule):
+    """The official VA-VAE training step (LightningDiT vavae/ldm/models/autoencoder.py): one
+    forward, an autoencoder update, then a discriminator update, with manual optimization."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.vae = VAVAE(**vavae_kwargs(config))
+        self.loss = build_loss(config)
+        self.learning_rate = config["vae"]["base_learning_rate"]
+        self.automatic_optimization = False
+
+    def aligned_latents(self, images: torch.Tensor, z: torch.Tensor):
+        """(z, features) for the VF loss, or (None, None) without foundation-model alignment."""
+        if self.loss.foundation_model is None:
+            return None, None
+        features = self.loss.foundation_model(images, grid=tuple(z.shape[-2:]))  # (B, 1024, h, w)
+        return self.vae.align(z, features)
+
+    def _autoencoder_loss(self, images, reconstructions, posterior, z, split):
+        z_aligned, features = self.aligned_latents(images, z)
+        return self.loss(
+            images,
+            reconstructions,
+            posterior,
+            0,
+            self.global_step,
+            last_layer=self.vae.decoder_last_layer,
+            split=split,
+            z=z_aligned,
+            aux_feature=features,
+            enc_last_layer=self.vae.encoder_last_layer,
+        )
+
+    def training_step(self, batch, batch_idx):
+        images = batch["image"]
+        ae_optimizer, disc_optimizer = self.optimizers()
+        start = time.perf_counter()
+        reconstructions, posterior, z = self.vae(images)
+
+        ae_loss, ae_log = self._autoencoder_loss(images, reconstructions, posterior, z, "train")
+        ae_optimizer.zero_grad()
+        self.manual_backward(ae_loss)
+        ae_optimizer.step()
+
+        disc_loss, disc_log = self.loss(images, reconstructions, posterior, 1, self.global_step, split="train")
+        disc_optimizer.zero_grad()
+        self.manual_backward(disc_loss)
+        disc_optimizer.step()
+
+        # Under DDP the logged losses are the means over the ranks' batches, the throughput their sum.
+        batch_size = len(images)
+        self.log("train/rec_loss", ae_log["train/rec_loss"], prog_bar=True, sync_dist=True, batch_size=batch_size)
+        self.log_dict(
+            {k: v for k, v in (ae_log | disc_log).items() if k != "train/rec_loss"},
+            sync_dist=True,
+            batch_size=batch_size,
+        )
+        self.log(
+            "train/images_per_s",
+            batch_size / (time.perf_counter() - start),
+            sync_dist=True,
+            reduce_fx="sum",
+            batch_size=batch_size,
+        )
+
+    def validation_step(self, batch, batch_idx):
+        images = batch["image"]
+        # The posterior mean, not a sample: validation curves are then deterministic and comparable.
+        reconstructions, posterior, z = self.vae(images, sample_posterior=False)
+        _, ae_log = self._autoencoder_loss(images, reconstructions, posterior, z, "val")
+        _, disc_log = self.loss(images, reconstructions, posterior, 1, self.global_step, split="val")
+        batch_size = len(images)
+        self.log("val/rec_loss", ae_log["val/rec_loss"], prog_bar=True, sync_dist=True, batch_size=batch_size)
+        self.log_dict(
+            {k: v for k, v in (ae_log | disc_log).items() if k != "val/rec_loss"}, sync_dist=True, batch_size=batch_size
+        )
+
+    def configure_optimizers(self):
+        # As the official code: the loss's logvar is not trained; linear_proj is (part of self.vae).
+        betas = (0.5, 0.9)
+        return [
+            torch.optim.Adam(self.vae.parameters(), lr=self.learning_rate, betas=betas),
+            torch.optim.Adam(self.loss.discriminator.parameters(), lr=self.learning_rate, betas=betas),
+        ]
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_PREFIXES)
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        # Put the frozen weights (loaded from their own files) back, so the strict load succeeds.
+        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)})
+
+    def official_loss_state(self) -> dict[str, torch.Tensor]:
+        """`loss.discriminator.*` and `loss.logvar` as in official checkpoints, for further fine-tuning."""
+        return {f"loss.{k}": v for k, v in self.loss.state_dict().items() if k.startswith(("discriminator.", "logvar"))}
