@@ -141,6 +141,17 @@ def test_cpu_stages_ask_for_no_gpu(tmp_path):
     assert "--gpus" not in command and "--cpus-per-task=8" in command, command
 
 
+def test_one_process_stages_follow_their_sections_accelerator(tmp_path):
+    """evaluate_vae runs where vae.trainer.accelerator says, one process however many devices
+    fine-tuning uses; extract_latents where latents.accelerator says."""
+    jobs = planned(tmp_path, vae={"trainer": {"accelerator": "cpu", "devices": 2}}, latents={"accelerator": "cpu"})
+    for rule in ("evaluate_vae", "extract_latents"):
+        resources, _, threads = jobs[rule]
+        assert "gpu" not in resources and resources["cpus_per_task"] == 4, (rule, resources)
+    jobs = planned(tmp_path, vae={"trainer": {"accelerator": "gpu", "devices": 2}})
+    assert jobs["evaluate_vae"][0]["gpu"] == 1 and jobs["finetune_vae"][0]["gpu"] == 2
+
+
 @pytest.mark.parametrize("profile_args", [["--profile", "slurm"]])
 def test_slurm_profile_plans_the_whole_dag_from_the_repository_root(profile_args):
     result = subprocess.run(

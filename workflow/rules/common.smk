@@ -132,15 +132,14 @@ def launcher(section):
     return "python"
 
 
-def gpu_resources(rule, section=None):
-    """The resources of a GPU rule. GPUs (devices × num_nodes of `section`, else 1), CPUs per GPU,
-    and the memory and runtime config.resources gives the rule. A stage set to run on the CPU
-    asks for no GPU. See README, "Running on a cluster"."""
-    settings = (
-        launch_settings(section)
-        if section
-        else {"devices": 1, "num_nodes": 1, "accelerator": "auto"}
-    )
+def gpu_resources(rule, section, one_process=False):
+    """The resources of a GPU rule. GPUs (devices × num_nodes of `section`, or 1 for a
+    `one_process` stage), CPUs per GPU, and the memory and runtime config.resources gives the
+    rule. A stage whose section sets accelerator: cpu asks for no GPU. See README, "Running on a
+    cluster"."""
+    settings = {"devices": 1, "num_nodes": 1} | launch_settings(section)
+    if one_process:
+        settings |= {"devices": 1, "num_nodes": 1}
     devices, nodes = settings["devices"], settings["num_nodes"]
     asked = config["resources"]
     job = dict(asked[rule])

@@ -16,7 +16,7 @@ rule extract_latents:
         "../envs/mdgen.yaml"
     threads: 4
     resources:
-        **gpu_resources("extract_latents"),
+        **gpu_resources("extract_latents", "latents"),
     params:
         out_dir=lambda wildcards, output: Path(output.train).parent,
         config=stage_config("latents"),

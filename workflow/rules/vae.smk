@@ -51,7 +51,7 @@ rule evaluate_vae:
         "../envs/mdgen.yaml"
     threads: 4
     resources:
-        **gpu_resources("evaluate_vae"),
+        **gpu_resources("evaluate_vae", "vae", one_process=True),
     params:
         # The identity table trains the evaluation classifier: its seeds and recipe.
         config=stage_config("vae", evaluation=("seeds", "classifier")),

@@ -30,6 +30,7 @@ from mdgen.io import atomic_output
 from mdgen.losses import build_lpips, PerceptualLoss
 from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
 from mdgen.plots import image_grid
+from mdgen.training import device_from_config
 
 USERS_SHOWN = 8
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     size, channels = config["data"]["size"], config["data"]["channels"]
     dataset = MicroDopplerDataset(args.manifest, "val", size, channels)
     loader = DataLoader(dataset, batch_size=config["vae"]["batch_size"], shuffle=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device_from_config(config["vae"]["trainer"]["accelerator"])
     print(f"Evaluating reconstructions of {len(dataset)} val spectrograms ({size}² × {channels}) on {device}")
 
     lpips = lpips_or_none(config)

@@ -39,6 +39,7 @@ from mdgen.data.latents import (
 from mdgen.data.validation import read_manifest
 from mdgen.io import atomic_directory, remove_leftovers
 from mdgen.models.vavae import load_vavae, VAVAE
+from mdgen.training import device_from_config
 
 SPLITS = ("train", "val")  # train first: its statistics go into both stores
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, "data", "latents")
     size, channels, num_classes = config["data"]["size"], config["data"]["channels"], config["data"]["num_classes"]
     settings = config["latents"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device_from_config(settings["accelerator"])
 
     datasets = {split: MicroDopplerDataset(args.manifest, split, size, channels) for split in SPLITS}
     labels = {split: [class_label(row["user_id"]) for row in d.rows] for split, d in datasets.items()}

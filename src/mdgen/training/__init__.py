@@ -19,11 +19,18 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric import Fabric
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import CSVLogger
 
 from mdgen.config import config_hash
 from mdgen.io import atomic_output
+
+
+def device_from_config(accelerator: str) -> torch.device:
+    """The device of a one-process stage for a config's `accelerator` (cpu, gpu, cuda, mps, auto),
+    resolved by Lightning Fabric as the training stages' Trainer resolves it."""
+    return Fabric(accelerator=accelerator, devices=1).device
 
 
 def is_rank_zero() -> bool:
