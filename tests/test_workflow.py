@@ -187,6 +187,14 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
         f"user_{u:02d}/sample_{i:04d}.png" for u in range(4) for i in range(2)
     ]
 
+    # Logs read as lines: no progress-bar repaints; training reports its progress as plain lines.
+    for log in (tmp_path / "results/logs").glob("*.log"):
+        assert "\r" not in log.read_text(), log.name
+    assert re.search(r"^step \d+ \(epoch \d+\): 100% done", (tmp_path / "results/logs/train_dit.log").read_text(), re.M)
+    identity = json.loads((tmp_path / "results/eval/generation.json").read_text())["identity"]
+    assert set(identity["generators"]["real_train"]) == {"real_val", "reconstructions", "fidelity", "cas"}
+    assert (tmp_path / "results/eval/identity.png").stat().st_size > 0
+
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n", config=TINY))
     # Each setting reruns its own stage and what depends on it, nothing upstream.
     report = json.loads((tmp_path / "results/eval/generation.json").read_text())

@@ -13,17 +13,16 @@ import io
 import json
 import os
 import re
-import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from PIL import Image, ImageFile, UnidentifiedImageError
-from tqdm import tqdm
 
 from mdgen.data.images import ConversionError, convert_spectrogram
 from mdgen.io import atomic_output
+from mdgen.progress import progress as progress_bar
 
 SPLITS = ("train", "val")
 USER_FOLDER = re.compile(r"^user_(\d{2,})$")
@@ -362,9 +361,7 @@ def validate_dataset(
 
     check = functools.partial(_check_file, channels=channels, size=size, max_pixels=max_pixels)
     paths = [c.path for c in candidates]
-    bar = functools.partial(
-        tqdm, total=len(paths), desc="checking images", unit="file", file=sys.stderr, disable=not progress
-    )
+    bar = functools.partial(progress_bar, total=len(paths), desc="checking images", unit="file", disable=not progress)
     if workers > 1 and len(paths) > 1:
         with ProcessPoolExecutor(workers) as pool:
             # map keeps input order, so the result does not depend on the number of workers

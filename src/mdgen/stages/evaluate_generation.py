@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mdgen.config import load_config
 from mdgen.data.dataset import class_label, per_user_subset
@@ -41,6 +40,7 @@ from mdgen.evaluation.metrics import frechet_distance, frechet_distance_per_grou
 from mdgen.evaluation.study import fidelity, Images, protocols, read_samples, run_protocols
 from mdgen.io import atomic_output
 from mdgen.plots import plot_accuracy_vs_ratio, plot_confusion, plot_identity, plot_pairs, plot_per_user
+from mdgen.progress import progress
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -134,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     runs = len(protocols(settings["ratios"])) * len(settings["seeds"]) * (1 + len(low_data))
-    progress = tqdm(total=runs, desc="classifiers", unit="run", file=sys.stdout)
+    bar = progress(total=runs, desc="classifiers", unit="run")
     study = dict(
         num_classes=num_classes,
         recipe=recipe,
         seeds=settings["seeds"],
         ratios=settings["ratios"],
-        on_run=progress.update,
-        log=progress.write,
+        on_run=bar.update,
+        log=bar.write,
     )
     main_study, judges = run_protocols(train, samples, val, generator_saw="real_train", **study)
     results = {
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         results["training_sets"] |= {name: subset.paths, f"synthetic_{name}": generated.paths}
         results["low_data"][name] = run_protocols(subset, generated, val, generator_saw=name, **study)[0]
         results["low_data"][name]["fidelity"] = fidelity(judges, generated, num_classes)
-    progress.close()
+    bar.close()
 
     # Where identity is lost, for every generator, under the same real-trained judges.
     generators = {"real_train": results, **results["low_data"]}

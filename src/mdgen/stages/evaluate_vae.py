@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from tqdm import tqdm
 
 from mdgen.config import load_config
 from mdgen.data.dataset import class_label, MicroDopplerDataset, to_uint8
@@ -30,6 +29,7 @@ from mdgen.io import atomic_output
 from mdgen.losses import build_lpips, PerceptualLoss
 from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
 from mdgen.plots import image_grid
+from mdgen.progress import progress
 from mdgen.training import device_from_config
 
 USERS_SHOWN = 8
@@ -63,7 +63,7 @@ def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, lab
     model.eval()
     psnr, ssim, perceptual, latents, arrays, firsts = [], [], [], [], [], {}
     device = next(model.parameters()).device
-    for batch in tqdm(loader, desc=label, unit="batch", file=sys.stdout):
+    for batch in progress(loader, desc=label, unit="batch"):
         images = batch["image"].to(device)
         posterior = model.encode(images)
         reconstructions = model.decode(posterior.mode()).clamp(-1, 1)
@@ -99,7 +99,7 @@ def identity(config: dict, manifest: str, vae: VAVAE, recon_val: list, batch_siz
     batches = (batch["image"] for batch in DataLoader(train, batch_size=batch_size, shuffle=False))
     recon_train = reconstruct(
         vae,
-        tqdm(batches, desc="reconstructing train", total=-(-len(train) // batch_size), unit="batch", file=sys.stdout),
+        progress(batches, desc="reconstructing train", total=-(-len(train) // batch_size), unit="batch"),
     )
     return reconstruction_identity(
         real["train"],

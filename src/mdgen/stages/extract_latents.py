@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from mdgen.config import load_config
 from mdgen.data.dataset import class_label, MicroDopplerDataset
@@ -39,6 +38,7 @@ from mdgen.data.latents import (
 from mdgen.data.validation import read_manifest
 from mdgen.io import atomic_directory, remove_leftovers
 from mdgen.models.vavae import load_vavae, VAVAE
+from mdgen.progress import progress
 from mdgen.training import device_from_config
 
 SPLITS = ("train", "val")  # train first: its statistics go into both stores
@@ -49,7 +49,7 @@ def encode(
     vae: VAVAE, loader: DataLoader, sample_posterior: bool, generator: torch.Generator, device: torch.device, desc: str
 ) -> Iterator[np.ndarray]:
     """Latents (B, C, h, w) float32 of the loader's images, batch by batch, in loader order."""
-    for batch in tqdm(loader, desc=desc, unit="batch", file=sys.stdout):
+    for batch in progress(loader, desc=desc, unit="batch"):
         posterior = vae.encode(batch["image"].to(device))
         latents = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         yield latents.float().cpu().numpy()

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 from PIL import Image
-from tqdm import tqdm
 
 from mdgen.config import load_config
 from mdgen.data.dataset import to_uint8
@@ -35,6 +34,7 @@ from mdgen.launch import die_with_launcher
 from mdgen.models.lightningdit import load_dit
 from mdgen.models.vavae import load_vavae
 from mdgen.plots import image_grid
+from mdgen.progress import progress
 from mdgen.transport import sample_ode
 
 
@@ -132,14 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
     mine = range(fabric.global_rank, num_users, fabric.world_size)
     start = time.perf_counter()
-    progress = tqdm(
+    bar = progress(
         mine,
         desc=f"users (rank 0 of {fabric.world_size})" if fabric.world_size > 1 else "users",
         unit="user",
-        file=sys.stdout,
         disable=not fabric.is_global_zero,
     )
-    for user in progress:
+    for user in bar:
         images = to_uint8(sample_user(model, vae, user, settings["per_user"], settings, latent_shape, mean, std))
         folder = args.out_dir / user_id(user)
         folder.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from mdgen.data import simulator as sim
+from mdgen.progress import progress
 
 SPLITS = ("train", "val")
 MARKER = "users.json"
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with ProcessPoolExecutor(max(1, args.workers)) as pool:
         jobs = [pool.submit(simulate_user, k, args, staging) for k in range(args.num_users)]
-        users = [job.result() for job in tqdm(jobs, desc="users", unit="user", file=sys.stdout)]
+        users = [job.result() for job in progress(jobs, desc="users", unit="user")]
     elapsed = time.perf_counter() - start
     speeds = [rec["max_radial_speed_mps"] for user in users for rec in user["recordings"].values()]
     aliased = sum(speed > radar.max_velocity for speed in speeds)

@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from mdgen.config import config_hash
 from mdgen.io import atomic_output
+from mdgen.progress import training_progress
 
 
 def device_from_config(accelerator: str) -> torch.device:
@@ -108,8 +109,10 @@ def trainer_from_config(
         log_every_n_steps=trainer_config["log_every_n_steps"],
         default_root_dir=work_dir,
         logger=CSVLogger(work_dir, name="logs"),
-        callbacks=[*callbacks, DistinctNoisePerRank(seed)],
     )
+    shown = training_progress()
+    settings |= {"enable_progress_bar": shown["enable_progress_bar"]}
+    settings["callbacks"] = [*callbacks, DistinctNoisePerRank(seed), *shown["callbacks"]]
     return pl.Trainer(**(settings | overrides))
 
 

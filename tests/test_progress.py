@@ -1,0 +1,52 @@
+"""Progress for people: a bar in a terminal, plain lines in a log file."""
+
+from types import SimpleNamespace
+
+from mdgen.progress import LogLines, progress, training_progress
+
+
+def test_progress_in_a_log_writes_whole_lines(capsys):
+    for _ in progress(range(5), desc="encoding", unit="batch"):
+        pass
+    out = capsys.readouterr().out
+    assert "\r" not in out and out.endswith("\n")
+    lines = out.splitlines()
+    assert lines[0].startswith("encoding:   0%") and lines[-1].startswith("encoding: 100%")
+    assert "5/5" in lines[-1]
+
+
+def trainer(**changes):
+    state = dict(
+        max_steps=100,
+        max_epochs=-1,
+        num_training_batches=10,
+        global_step=25,
+        current_epoch=2,
+        fit_loop=SimpleNamespace(total_batch_idx=25),
+        progress_bar_metrics={"train/loss": 0.12345, "v_num": 0},
+    )
+    return SimpleNamespace(**(state | changes))
+
+
+def test_log_lines_say_how_far_training_is_and_how_long_is_left():
+    callback = LogLines()
+    callback._start, callback._first_fraction = 0.0, 0.0
+    line = callback.line(trainer(), now=120.0)
+    # 25 of 100 steps in 2 minutes: 6 minutes left.
+    assert line == "step 25 (epoch 2): 25% done, 2.0 min, about 6.0 min left; train/loss=0.1235"
+
+
+def test_the_first_limit_to_be_reached_decides_the_fraction():
+    # The VA-VAE counts two optimizer steps per batch: 40 of 100 steps, but 20 of 20 batches.
+    done = trainer(max_steps=100, global_step=40, max_epochs=2, fit_loop=SimpleNamespace(total_batch_idx=20))
+    assert LogLines.fraction_done(done) == 1.0
+    assert (
+        LogLines.fraction_done(trainer(max_steps=-1, max_epochs=4, fit_loop=SimpleNamespace(total_batch_idx=10)))
+        == 0.25
+    )
+
+
+def test_training_in_a_log_reports_lines_not_a_bar():
+    settings = training_progress()  # pytest captures stdout: not a terminal
+    assert settings["enable_progress_bar"] is False
+    assert [type(c) for c in settings["callbacks"]] == [LogLines]
