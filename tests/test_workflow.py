@@ -14,6 +14,7 @@ import yaml
 import zarr
 from conftest import TINY as TINY_MODELS
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,6 +192,14 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
     for log in (tmp_path / "results/logs").glob("*.log"):
         assert "\r" not in log.read_text(), log.name
     assert re.search(r"^step \d+ \(epoch \d+\): 100% done", (tmp_path / "results/logs/train_dit.log").read_text(), re.M)
+    # TensorBoard: both training stages wrote scalars and a picture of their progress.
+    for stage, scalar, picture in (
+        ("vae", "train/rec_loss", "reconstructions (top: val input)"),
+        ("dit", "train/loss", "samples (one per user, EMA)"),
+    ):
+        (events,) = (tmp_path / f"results/{stage}/training/tensorboard").glob("version_*")
+        tags = EventAccumulator(str(events)).Reload().Tags()
+        assert scalar in tags["scalars"] and picture in tags["images"], (stage, tags)
     identity = json.loads((tmp_path / "results/eval/generation.json").read_text())["identity"]
     assert set(identity["generators"]["real_train"]) == {"real_val", "reconstructions", "fidelity", "cas"}
     assert (tmp_path / "results/eval/identity.png").stat().st_size > 0

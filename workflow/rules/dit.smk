@@ -27,7 +27,7 @@ rule train_dit:
         launch=launcher("dit"),
         latents=lambda wildcards, input: Path(input.train).parent,
         out_dir=lambda wildcards, output: Path(output.dit).parent,
-        config=stage_config("dit"),
+        config=stage_config("dit", "logging"),
         subset="",
     shell:
         "{params.launch} -m mdgen.stages.train_dit --latents {params.latents} --vae {input.vae}"
@@ -80,7 +80,7 @@ use rule train_dit as train_dit_low_data with:
         launch=launcher("dit"),
         latents=lambda wildcards, input: Path(input.train).parent,
         out_dir=lambda wildcards, output: Path(output.dit).parent,
-        config=stage_config("dit"),
+        config=stage_config("dit", "logging"),
         subset=lambda wildcards: f"--per-user {wildcards.k} --subset-seed {config['evaluation']['low_data_seed']}",
 
 

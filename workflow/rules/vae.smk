@@ -25,7 +25,7 @@ rule finetune_vae:
     params:
         launch=launcher("vae"),
         out_dir=lambda wildcards, output: Path(output.vae).parent,
-        config=stage_config("vae"),
+        config=stage_config("vae", "logging"),
     shell:
         "{params.launch} -m mdgen.stages.finetune_vae --manifest {input.manifest} --out-dir {params.out_dir}"
         " --config {params.config:q} > {log} 2>&1"

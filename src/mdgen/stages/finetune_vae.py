@@ -24,7 +24,8 @@ from mdgen.launch import die_with_launcher
 from mdgen.models.vavae import save_official, vavae_kwargs
 from mdgen.plots import plot_curves
 from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config
-from mdgen.training.vavae import SpectrogramData, VAVAETraining
+from mdgen.training.pictures import ReconstructionPictures
+from mdgen.training.vavae import first_of_each_user, SpectrogramData, VAVAETraining
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
     args = parse_args(argv)
-    config = load_config(args.config, "data", "vae")
+    config = load_config(args.config, "data", "vae", "logging")
+    logging = config["logging"]  # not part of what training resumes by: changing it never restarts
     config = {"data": {k: config["data"][k] for k in ("size", "channels")}, "vae": config["vae"]}
     vae_config = config["vae"]
     pl.seed_everything(vae_config["seed"], workers=True)
@@ -94,8 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val/rec_loss", mode="min", save_top_k=1)
     # The discriminator update leaves the VA-VAE without gradients (and the reverse): DDP must know.
+    pictures = []
+    if logging["tensorboard"] and logging["images_every_n_steps"]:
+        shown = first_of_each_user(data.val, logging["images_shown"])
+        pictures.append(ReconstructionPictures(shown, logging["images_every_n_steps"]))
     trainer = trainer_from_config(
-        vae_config["trainer"], work_dir, [last, best], seed=vae_config["seed"], find_unused_parameters=True
+        vae_config["trainer"],
+        work_dir,
+        [last, best, *pictures],
+        seed=vae_config["seed"],
+        find_unused_parameters=True,
+        tensorboard=logging["tensorboard"],
     )
     elapsed = fit(trainer, module, data, resume_from, f"(checkpoints in {checkpoint_dir})")
 

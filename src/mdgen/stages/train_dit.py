@@ -24,9 +24,11 @@ from mdgen.data.dataset import per_user_subset
 from mdgen.data.latents import LatentDataModule
 from mdgen.launch import die_with_launcher
 from mdgen.models.lightningdit import dit_kwargs, save_official
+from mdgen.models.vavae import load_vavae
 from mdgen.plots import plot_curves
 from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config
 from mdgen.training.dit import DiTTraining
+from mdgen.training.pictures import SamplePictures
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
     args = parse_args(argv)
-    config = load_config(args.config, "data", "dit")
+    config = load_config(args.config, "data", "dit", "logging")
+    logging = config["logging"]  # not part of what training resumes by: changing it never restarts
     config = {"data": {k: config["data"][k] for k in ("size", "channels", "num_classes")}, "dit": config["dit"]}
     dit_config = config["dit"]
     pl.seed_everything(dit_config["seed"], workers=True)
@@ -85,11 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     last = ModelCheckpoint(
         dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=dit_config["checkpoint_every_n_steps"]
     )
+    pictures = []
+    if logging["tensorboard"] and logging["images_every_n_steps"]:
+        num_classes = config["data"]["num_classes"]
+        shown = min(logging["images_shown"], num_classes)
+        users = sorted({round(i * (num_classes - 1) / max(shown - 1, 1)) for i in range(shown)})
+        vae = load_vavae(args.vae, use_vf=None)
+        pictures.append(
+            SamplePictures(vae, users, latent_shape, data.train.mean, data.train.std, logging["images_every_n_steps"])
+        )
     trainer = trainer_from_config(
         dit_config["trainer"],
         work_dir,
-        [last],
+        [last, *pictures],
         seed=dit_config["seed"],
+        tensorboard=logging["tensorboard"],
         gradient_clip_val=dit_config["optimizer"]["max_grad_norm"],
         # Every n steps across epochs (the validation loss is costly: val_timesteps passes over the val store).
         val_check_interval=dit_config["val_every_n_steps"],

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric import Fabric
 from lightning_fabric.utilities.rank_zero import rank_zero_only
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from mdgen.config import config_hash
 from mdgen.io import atomic_output
@@ -86,9 +86,16 @@ class DistinctNoisePerRank(pl.Callback):
 
 
 def trainer_from_config(
-    trainer_config: dict, work_dir: Path, callbacks: list, seed: int, find_unused_parameters: bool = False, **overrides
+    trainer_config: dict,
+    work_dir: Path,
+    callbacks: list,
+    seed: int,
+    find_unused_parameters: bool = False,
+    tensorboard: bool = False,
+    **overrides,
 ) -> pl.Trainer:
-    """A Trainer from a config's `trainer` section, logging to a new CSV version per run.
+    """A Trainer from a config's `trainer` section, logging to a new CSV version per run (and to
+    TensorBoard under work_dir/tensorboard with `tensorboard`).
 
     More than one process (devices × num_nodes) means DDP; the launcher (torchrun or srun, see
     workflow/rules/common.smk) has started them, and Lightning reads its environment.
@@ -108,7 +115,8 @@ def trainer_from_config(
         check_val_every_n_epoch=trainer_config["check_val_every_n_epoch"],
         log_every_n_steps=trainer_config["log_every_n_steps"],
         default_root_dir=work_dir,
-        logger=CSVLogger(work_dir, name="logs"),
+        logger=[CSVLogger(work_dir, name="logs")]
+        + ([TensorBoardLogger(work_dir, name="tensorboard")] if tensorboard else []),
     )
     shown = training_progress()
     settings |= {"enable_progress_bar": shown["enable_progress_bar"]}

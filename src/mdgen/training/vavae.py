@@ -70,6 +70,16 @@ class SpectrogramData(pl.LightningDataModule):
         return self._loader(self.val, shuffle=False)
 
 
+def first_of_each_user(dataset: MicroDopplerDataset, count: int) -> torch.Tensor:
+    """The first image of up to `count` users, spread over the users (N, C, H, W)."""
+    firsts = {}
+    for index, row in enumerate(dataset.rows):
+        firsts.setdefault(row["user_id"], index)
+    users = sorted(firsts)
+    chosen = [users[round(i * (len(users) - 1) / max(count - 1, 1))] for i in range(min(count, len(users)))]
+    return torch.stack([dataset[firsts[user]]["image"] for user in dict.fromkeys(chosen)])
+
+
 class VAVAETraining(pl.LightningModule):
     """The official VA-VAE training step (LightningDiT vavae/ldm/models/autoencoder.py): one
     forward, an autoencoder update, then a discriminator update, with manual optimization."""

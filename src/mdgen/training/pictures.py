@@ -1,0 +1,86 @@
+"""Training progress as pictures in TensorBoard: what the VA-VAE makes of a few val images, and
+what the DiT samples for a few users, every few hundred steps.
+
+Cheap by design (a handful of images, a few sampling steps) and only on rank 0; without a
+TensorBoard logger on the Trainer the callbacks do nothing.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torchvision.utils import make_grid
+
+from mdgen.transport import sample_ode
+
+PICTURE_SAMPLING_STEPS = 10
+
+
+def tensorboard_of(trainer: pl.Trainer):
+    """The SummaryWriter of the Trainer's TensorBoard logger, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class EveryNSteps(pl.Callback):
+    """Calls `draw(trainer, pl_module)` -> (tag, images (N, C, H, W) in [-1, 1], columns) at step 0
+    and whenever the global step passes another multiple of `every_n_steps`."""
+
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = every_n_steps
+        self._last = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        due = self._last is None or step // self.every_n_steps > self._last // self.every_n_steps
+        writer = tensorboard_of(trainer)
+        if not due or writer is None or not trainer.is_global_zero:
+            return
+        self._last = step
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            tag, images, columns = self.draw(trainer, pl_module)
+        pl_module.train(was_training)
+        grid = make_grid(((images.float().cpu() + 1) / 2).clamp(0, 1), nrow=columns, padding=1, pad_value=1.0)
+        writer.add_image(tag, grid, global_step=step)
+
+    def draw(self, trainer, pl_module) -> tuple[str, torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class ReconstructionPictures(EveryNSteps):
+    """Top row: fixed val images; bottom row: the VA-VAE's reconstructions (posterior means)."""
+
+    def __init__(self, images: torch.Tensor, every_n_steps: int):
+        super().__init__(every_n_steps)
+        self.images = images  # (N, C, H, W) in [-1, 1]
+
+    def draw(self, trainer, pl_module):
+        images = self.images.to(pl_module.device)
+        reconstructions, _, _ = pl_module.vae(images, sample_posterior=False)
+        return "reconstructions (top: val input)", torch.cat([images, reconstructions.clamp(-1, 1)]), len(images)
+
+
+class SamplePictures(EveryNSteps):
+    """One sample per shown user from the EMA weights (fixed noise, Euler, a few steps, no guidance),
+    decoded with the VA-VAE the latents came from."""
+
+    def __init__(self, vae, users: list[int], latent_shape, mean, std, every_n_steps: int, seed: int = 0):
+        super().__init__(every_n_steps)
+        self.vae = vae.eval().requires_grad_(False)
+        self.users = torch.tensor(users)
+        generator = torch.Generator().manual_seed(seed)
+        self.noise = torch.randn((len(users), *latent_shape), generator=generator)
+        self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+
+    def draw(self, trainer, pl_module):
+        device = pl_module.device
+        model, labels = pl_module.ema, self.users.to(device)
+        latents = sample_ode(lambda x, t: model(x, t, labels), self.noise.to(device), num_steps=PICTURE_SAMPLING_STEPS)
+        self.vae.to(device)
+        images = self.vae.decode(latents * self.std.to(device) + self.mean.to(device))
+        return "samples (one per user, EMA)", images, len(images)
