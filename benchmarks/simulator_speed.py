@@ -7,6 +7,7 @@ throughput of `python -m mdgen.stages.simulate_dataset` on the default set with 
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -40,22 +41,11 @@ def per_step(size: int, repeats: int = 20) -> None:
 def stage(users: int, per_user: int, workers: int, size: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        simulate(
-            [
-                "--out",
-                str(Path(tmp) / "sim"),
-                "--num-users",
-                str(users),
-                "--train-per-user",
-                str(per_user - per_user // 4),
-                "--val-per-user",
-                str(per_user // 4),
-                "--size",
-                str(size),
-                "--workers",
-                str(workers),
-            ]
-        )
+        config = {
+            "data": {"num_classes": users, "size": size, "channels": 3},
+            "simulator": {"train_per_user": per_user - per_user // 4, "val_per_user": per_user // 4},
+        }
+        simulate(["--out", str(Path(tmp) / "sim"), "--config", json.dumps(config), "--workers", str(workers)])
         return users * per_user / (time.perf_counter() - start)
 
 

@@ -56,6 +56,11 @@ def tiny_config(**changes) -> dict:
     return deep_update(deep_update(default, TINY), changes)
 
 
+def simulation(users: int, size: int, **simulator) -> str:
+    """The --config of simulate_dataset: `users` users of size × size × 3 images, simulator changes."""
+    return json.dumps(tiny_config(data={"num_classes": users, "size": size, "channels": 3}, simulator=simulator))
+
+
 def write_vae_eval(path, settings, accuracy=0.5):
     """An eval.json as evaluate_vae writes it, with a known identity table for these settings."""
     step = {"mean": accuracy, "std": 0.0, "runs": [accuracy] * len(settings["seeds"])}
@@ -71,22 +76,7 @@ def tiny_manifest(tmp_path_factory) -> Path:
     """A validated manifest of 3 simulated users, 4 train + 2 val spectrograms each, 32×32×3."""
     root = tmp_path_factory.mktemp("tiny_data")
     config = tiny_config()
-    simulate(
-        [
-            "--out",
-            str(root / "synthetic"),
-            "--num-users",
-            "3",
-            "--train-per-user",
-            "4",
-            "--val-per-user",
-            "2",
-            "--size",
-            "32",
-            "--workers",
-            "1",
-        ]
-    )
+    simulate(["--out", str(root / "synthetic"), "--config", json.dumps(config), "--workers", "1"])
     result = validate_dataset(
         root / "synthetic", num_classes=3, channels=3, size=32, max_pixels=config["data"]["max_pixels"]
     )

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import simulation
 from PIL import Image
 
 from mdgen.data.dataset import class_label
@@ -36,24 +37,8 @@ def one_thread():
 def simulated(tmp_path_factory, one_thread) -> dict:
     """6 simulated users, 16 train + 8 val spectrograms each, 64×64×3, loaded as tensors."""
     root = tmp_path_factory.mktemp("classifier_data")
-    simulate(
-        [
-            "--out",
-            str(root / "data"),
-            "--num-users",
-            str(NUM_USERS),
-            "--train-per-user",
-            "16",
-            "--val-per-user",
-            "8",
-            "--size",
-            "64",
-            "--seed",
-            "0",
-            "--workers",
-            "1",
-        ]
-    )
+    config = simulation(NUM_USERS, 64, train_per_user=16, val_per_user=8, seed=0)
+    simulate(["--out", str(root / "data"), "--config", config, "--workers", "1"])
     result = validate_dataset(root / "data", num_classes=NUM_USERS, channels=3, size=64, max_pixels=10**6)
     assert not result.errors
     write_manifest(result.rows, root / "manifest.csv")

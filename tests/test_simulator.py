@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import simulation
 from PIL import Image
 
 from mdgen.data import simulator as sim
@@ -206,17 +207,17 @@ def test_same_seed_same_user_different_seed_different_user():
     assert sim.draw_user(np.random.default_rng([0, 6])) != same[0]
 
 
-def simulate(tmp_path, name, *extra):
+def simulate(tmp_path, name, workers=1, **simulator):
     out = tmp_path / name
-    args = ["--out", str(out), "--num-users", "3", "--train-per-user", "2", "--val-per-user", "1", "--size", "32"]
-    assert simulate_main(args + list(extra)) == 0
+    config = simulation(3, 32, **({"train_per_user": 2, "val_per_user": 1} | simulator))
+    assert simulate_main(["--out", str(out), "--config", config, "--workers", str(workers)]) == 0
     return out
 
 
 def test_dataset_is_deterministic_for_a_seed_and_independent_of_workers(tmp_path):
-    one = simulate(tmp_path, "a", "--workers", "1")
-    two = simulate(tmp_path, "b", "--workers", "2")
-    other = simulate(tmp_path, "c", "--seed", "1")
+    one = simulate(tmp_path, "a", workers=1)
+    two = simulate(tmp_path, "b", workers=2)
+    other = simulate(tmp_path, "c", seed=1)
     files = sorted(p.relative_to(one) for p in one.rglob("*.png"))
     assert len(files) == 3 * 3
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
@@ -238,13 +239,13 @@ def test_simulator_refuses_to_overwrite_a_folder_it_did_not_write(tmp_path):
     (foreign / "train").mkdir(parents=True)
     (foreign / "train" / "precious.png").write_bytes(b"real data")
     with pytest.raises(SystemExit, match="refusing to overwrite"):
-        simulate_main(["--out", str(foreign), "--num-users", "2"])
+        simulate_main(["--out", str(foreign), "--config", simulation(2, 32)])
     assert (foreign / "train" / "precious.png").read_bytes() == b"real data"
 
 
 def test_rerun_replaces_the_previous_simulation(tmp_path):
     out = simulate(tmp_path, "a")
-    simulate(tmp_path, "a", "--train-per-user", "1")
+    simulate(tmp_path, "a", train_per_user=1)
     assert len(list((out / "train" / "user_00").glob("*.png"))) == 1
     assert not (tmp_path / ".a.incomplete").exists()
 
@@ -273,22 +274,8 @@ def test_logistic_regression_identifies_simulated_users_far_above_chance(tmp_pat
     24 train / 8 val) the same classifier reaches 0.68 (chance 0.03) and a small CNN about 0.88.
     """
     out = tmp_path / "sim"
-    simulate_main(
-        [
-            "--out",
-            str(out),
-            "--num-users",
-            "10",
-            "--train-per-user",
-            "12",
-            "--val-per-user",
-            "4",
-            "--size",
-            "64",
-            "--workers",
-            "2",
-        ]
-    )
+    config = simulation(10, 64, train_per_user=12, val_per_user=4)
+    simulate_main(["--out", str(out), "--config", config, "--workers", "2"])
     x_train, y_train = load_split(out, "train")
     x_val, y_val = load_split(out, "val")
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6

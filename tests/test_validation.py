@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image, ImageFile
 
 from mdgen.data.validation import format_summary, validate_dataset
@@ -62,28 +63,13 @@ def run_stage(tmp_path, root, capsys):
     """Run the stage script; check the source tree is byte-identical (same mtimes) afterwards."""
 
     def run(*args, on_bad_file="fail", channels=3):
+        """args: (data key, value) pairs, e.g. ("max_pixels", 100)."""
         before = snapshot(root)
         out = tmp_path / f"out_{on_bad_file}_{len(os.listdir(tmp_path))}"
         manifest, report = out / "manifest.csv", out / "report.json"
-        rc = main(
-            [
-                "--root",
-                root,
-                "--num-classes",
-                str(NUM_CLASSES),
-                "--size",
-                str(SIZE),
-                "--channels",
-                str(channels),
-                "--on-bad-file",
-                on_bad_file,
-                "--manifest",
-                str(manifest),
-                "--report",
-                str(report),
-                *args,
-            ]
-        )
+        data = {"num_classes": NUM_CLASSES, "size": SIZE, "channels": channels, "on_bad_file": on_bad_file}
+        config = json.dumps(tiny_config(data=data | dict(args)))
+        rc = main(["--root", root, "--manifest", str(manifest), "--report", str(report), "--config", config])
         assert snapshot(root) == before
         rows = list(csv.DictReader(manifest.read_text().splitlines())) if manifest.exists() else None
         return rc, rows, json.loads(report.read_text()), capsys.readouterr().out
@@ -351,7 +337,7 @@ def test_decompression_bomb_is_rejected_from_its_header_without_decoding(run_sta
 def test_normal_image_above_max_pixels(run_stage, root):
     good = make_tree(root)
     bad = save_image(os.path.join(root, "val", "user_00", "big.png"), size=(40, 40))  # 1600 pixels
-    assert_rejected(run_stage, good, bad, "too_large", "--max-pixels", "1500")
+    assert_rejected(run_stage, good, bad, "too_large", ("max_pixels", 1500))
 
 
 # ---------------------------------------------------------------------------------------------

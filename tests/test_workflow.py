@@ -148,14 +148,15 @@ def test_nested_command_line_values_get_the_schema_types(tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "--size 64 --channels 1" in output and "--per-user 4" in output
+    assert '"channels": 1' in output and '"size": 64' in output and "--per-user 4" in output
 
 
 def test_schema_fills_defaults(tmp_path):
     result = snakemake(tmp_path, "-n", "--printshellcmds", config={"data": {"num_classes": 4}})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "--size 128 --channels 3" in output and "--on-bad-file fail" in output and "--prf-hz 3000.0" in output
+    for default in ('"size": 128', '"channels": 3', '"on_bad_file": "fail"', '"prf_hz": 3000.0'):
+        assert default in output, default
 
 
 def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):

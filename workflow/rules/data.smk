@@ -18,20 +18,10 @@ rule simulate_dataset:
         runtime=30,
     params:
         out=lambda wildcards, output: Path(output.users).parent,
-        num_users=config["data"]["num_classes"],
-        size=config["data"]["size"],
-        channels=config["data"]["channels"],
-        sim=config["simulator"],
+        config=stage_config("simulator"),
     shell:
-        "python -m mdgen.stages.simulate_dataset --out {params.out} --workers {threads}"
-        " --num-users {params.num_users} --size {params.size} --channels {params.channels}"
-        " --seed {params.sim[seed]} --train-per-user {params.sim[train_per_user]}"
-        " --val-per-user {params.sim[val_per_user]}"
-        " --gait-variability {params.sim[gait_variability]}"
-        " --carrier-ghz {params.sim[carrier_ghz]} --prf-hz {params.sim[prf_hz]}"
-        " --duration-s {params.sim[duration_s]} --window-ms {params.sim[window_ms]}"
-        " --overlap {params.sim[overlap]} --dynamic-range-db {params.sim[dynamic_range_db]}"
-        " > {log} 2>&1"
+        "python -m mdgen.stages.simulate_dataset --out {params.out} --config {params.config:q}"
+        " --workers {threads} > {log} 2>&1"
 
 
 rule validate_dataset:
@@ -52,10 +42,9 @@ rule validate_dataset:
         runtime=60,
     params:
         root=dataset_root(),
-        data=config["data"],
+        config=stage_config(
+            data=("num_classes", "size", "channels", "on_bad_file", "max_pixels")
+        ),
     shell:
-        "python -m mdgen.stages.validate_dataset --root {params.root:q} --workers {threads}"
-        " --num-classes {params.data[num_classes]} --size {params.data[size]}"
-        " --channels {params.data[channels]} --on-bad-file {params.data[on_bad_file]}"
-        " --max-pixels {params.data[max_pixels]}"
-        " --manifest {output.manifest} --report {output.report} > {log} 2>&1"
+        "python -m mdgen.stages.validate_dataset --root {params.root:q} --config {params.config:q}"
+        " --workers {threads} --manifest {output.manifest} --report {output.report} > {log} 2>&1"

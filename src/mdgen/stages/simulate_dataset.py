@@ -1,6 +1,9 @@
 """Stage `simulate_dataset`: write the built-in data set of simulated walkers.
 
-    python -m mdgen.stages.simulate_dataset --out resources/synthetic --num-users 31 --size 128
+    python -m mdgen.stages.simulate_dataset --out resources/synthetic --config config/config.yaml --workers 2
+
+Reads `data.num_classes` (users), `data.size`, `data.channels` and the `simulator` section (seed,
+recordings per user and split, gait variability, radar and spectrogram settings; see the schema).
 
 Output: `<out>/{train,val}/user_NN/rec_NNN.png` and `<out>/users.json` (every user's and every
 recording's parameters). Deterministic for a given seed: each user and each recording draws
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mdgen.config import load_config
 from mdgen.data import simulator as sim
 from mdgen.progress import progress
 
@@ -29,33 +33,35 @@ SPLITS = ("train", "val")
 MARKER = "users.json"
 
 
-def simulate_user(user_index: int, args: argparse.Namespace, out: Path) -> dict:
+def simulate_user(user_index: int, data: dict, simulator: dict, out: Path) -> dict:
     """Draw one user's parameters, write all of their recordings, return what was drawn."""
-    radar = radar_from_args(args)
-    user = sim.draw_user(np.random.default_rng([args.seed, user_index]))
+    radar = radar_from_config(simulator)
+    seed = simulator["seed"]
+    user = sim.draw_user(np.random.default_rng([seed, user_index]))
     user_id = f"user_{user_index:02d}"
     recordings = {}
-    for split_index, (split, count) in enumerate(zip(SPLITS, (args.train_per_user, args.val_per_user))):
+    counts = (simulator["train_per_user"], simulator["val_per_user"])
+    for split_index, (split, count) in enumerate(zip(SPLITS, counts)):
         folder = out / split / user_id
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            rng = np.random.default_rng([args.seed, user_index, split_index, i])
-            recording = sim.draw_recording(user, rng, args.gait_variability)
-            image, radial_speed = sim.simulate_spectrogram(user, recording, radar, rng, args.size, args.channels)
+            rng = np.random.default_rng([seed, user_index, split_index, i])
+            recording = sim.draw_recording(user, rng, simulator["gait_variability"])
+            image, radial_speed = sim.simulate_spectrogram(user, recording, radar, rng, data["size"], data["channels"])
             name = f"{split}/{user_id}/rec_{i:03d}.png"
             Image.fromarray(image).save(out / name)
             recordings[name] = sim.as_dict(recording) | {"max_radial_speed_mps": radial_speed}
     return {"user_id": user_id, **sim.as_dict(user), "recordings": recordings}
 
 
-def radar_from_args(args: argparse.Namespace) -> sim.Radar:
+def radar_from_config(simulator: dict) -> sim.Radar:
     return sim.Radar(
-        carrier_hz=args.carrier_ghz * 1e9,
-        prf_hz=args.prf_hz,
-        duration_s=args.duration_s,
-        window_s=args.window_ms / 1000,
-        overlap=args.overlap,
-        dynamic_range_db=args.dynamic_range_db,
+        carrier_hz=simulator["carrier_ghz"] * 1e9,
+        prf_hz=simulator["prf_hz"],
+        duration_s=simulator["duration_s"],
+        window_s=simulator["window_ms"] / 1000,
+        overlap=simulator["overlap"],
+        dynamic_range_db=simulator["dynamic_range_db"],
     )
 
 
@@ -71,31 +77,23 @@ def check_target(out: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="data set root to write")
-    p.add_argument("--num-users", type=int, default=31)
-    p.add_argument("--train-per-user", type=int, default=24)
-    p.add_argument("--val-per-user", type=int, default=8)
-    p.add_argument("--size", type=int, default=128, help="image height and width in pixels")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: grey, 3: jet colour map")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gait-variability", type=float, default=1.0, help="day-to-day gait variation (0: none)")
-    p.add_argument("--carrier-ghz", type=float, default=24.0)
-    p.add_argument("--prf-hz", type=float, default=3000.0)
-    p.add_argument("--duration-s", type=float, default=4.0)
-    p.add_argument("--window-ms", type=float, default=160.0)
-    p.add_argument("--overlap", type=float, default=0.95)
-    p.add_argument("--dynamic-range-db", type=float, default=40.0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and simulator sections")
+    p.add_argument("--workers", type=int, default=1, help="processes simulating users in parallel")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    radar = radar_from_args(args)
+    config = load_config(args.config, "data", "simulator")
+    data, simulator = config["data"], config["simulator"]
+    num_users, size, channels = data["num_classes"], data["size"], data["channels"]
+    train_per_user, val_per_user = simulator["train_per_user"], simulator["val_per_user"]
+    radar = radar_from_config(simulator)
     check_target(args.out)
-    total = args.num_users * (args.train_per_user + args.val_per_user)
+    total = num_users * (train_per_user + val_per_user)
     print(
-        f"Simulating {args.num_users} users × ({args.train_per_user} train + {args.val_per_user} val) "
-        f"= {total} spectrograms, {args.size}×{args.size}×{args.channels}, seed {args.seed}, "
+        f"Simulating {num_users} users × ({train_per_user} train + {val_per_user} val) "
+        f"= {total} spectrograms, {size}×{size}×{channels}, seed {simulator['seed']}, "
         f"{args.workers} worker(s)\n"
         f"Radar: {radar.carrier_hz / 1e9:g} GHz (λ = {radar.wavelength * 1000:.1f} mm), PRF {radar.prf_hz:g} Hz "
         f"(unambiguous ±{radar.max_velocity:.2f} m/s), {radar.duration_s:g} s per recording"
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     staging.mkdir(parents=True)
     start = time.perf_counter()
     with ProcessPoolExecutor(max(1, args.workers)) as pool:
-        jobs = [pool.submit(simulate_user, k, args, staging) for k in range(args.num_users)]
+        jobs = [pool.submit(simulate_user, k, data, simulator, staging) for k in range(num_users)]
         users = [job.result() for job in progress(jobs, desc="users", unit="user")]
     elapsed = time.perf_counter() - start
     speeds = [rec["max_radial_speed_mps"] for user in users for rec in user["recordings"].values()]
@@ -119,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     description = {
-        "seed": args.seed,
-        "size": args.size,
-        "channels": args.channels,
+        "seed": simulator["seed"],
+        "size": size,
+        "channels": channels,
         "radar": sim.as_dict(radar),
         "users": users,
     }

@@ -1,10 +1,11 @@
 """Stage: validate the raw dataset and write the manifest that every later stage reads.
 
-    python -m mdgen.stages.validate_dataset --root data/raw --manifest results/data/manifest.csv \
-        --report results/data/report.json --num-classes 31 --channels 3 --on-bad-file fail
+    python -m mdgen.stages.validate_dataset --root data/raw --manifest results/dataset/manifest.csv \
+        --report results/dataset/report.json --config config/config.yaml --workers 4
 
+Reads the data section: num_classes, size, channels, on_bad_file, max_pixels (see the schema).
 Exit status 1, and no manifest, when the dataset is unusable (a missing split or a user without
-valid images) or when any file is bad and --on-bad-file is fail; the report is still written.
+valid images) or when any file is bad and data.on_bad_file is fail; the report is still written.
 """
 
 from __future__ import annotations
@@ -12,51 +13,40 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mdgen.config import load_config
 from mdgen.data.validation import format_summary, validate_dataset, write_manifest, write_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="folder holding train/ and val/ with user_NN folders")
-    parser.add_argument("--num-classes", type=int, default=31, help="number of users: user_00 .. user_{N-1}")
-    parser.add_argument("--size", type=int, default=128, help="training resolution (size x size)")
-    parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
-    parser.add_argument(
-        "--on-bad-file",
-        choices=("fail", "skip"),
-        default="fail",
-        help="fail: any bad file fails the run; skip: bad files are excluded from the manifest",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=40_000_000,
-        help="larger images are rejected from their header, before decoding",
-    )
-    parser.add_argument("--workers", type=int, default=1, help="processes decoding images")
     parser.add_argument("--manifest", required=True, help="output CSV of the files that passed")
     parser.add_argument("--report", required=True, help="output JSON report of counts and problems")
+    parser.add_argument("--config", required=True, help="JSON/YAML text or file with the data section")
+    parser.add_argument("--workers", type=int, default=1, help="processes decoding images")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    data = load_config(args.config, "data")["data"]
+    on_bad_file = data["on_bad_file"]
     print(
-        f"Validating {args.root}/{{train,val}}/user_NN for {args.num_classes} users: "
-        f"{args.channels}-channel images, trained at {args.size}x{args.size}, "
-        f"at most {args.max_pixels:,} pixels each, {args.workers} worker(s), on_bad_file={args.on_bad_file}"
+        f"Validating {args.root}/{{train,val}}/user_NN for {data['num_classes']} users: "
+        f"{data['channels']}-channel images, trained at {data['size']}x{data['size']}, "
+        f"at most {data['max_pixels']:,} pixels each, {args.workers} worker(s), on_bad_file={on_bad_file}"
     )
     result = validate_dataset(
         args.root,
-        num_classes=args.num_classes,
-        channels=args.channels,
-        size=args.size,
-        max_pixels=args.max_pixels,
+        num_classes=data["num_classes"],
+        channels=data["channels"],
+        size=data["size"],
+        max_pixels=data["max_pixels"],
         workers=args.workers,
         progress=True,
     )
-    print(format_summary(result, args.on_bad_file, report_path=args.report))
-    write_report(result, args.report, args.on_bad_file)
+    print(format_summary(result, on_bad_file, report_path=args.report))
+    write_report(result, args.report, on_bad_file)
     print(f"Report: {args.report}")
 
     if result.fatal:
@@ -65,7 +55,7 @@ def main(argv=None) -> int:
             "cannot help, because excluding files never adds a missing split or image. No manifest was written."
         )
         return 1
-    if not result.passed(args.on_bad_file):
+    if not result.passed(on_bad_file):
         print(
             f"FAILED: {len(result.errors)} bad file(s) or folder(s) above. Fix or remove them, or set "
             "data.on_bad_file: skip to exclude them from the manifest. No manifest was written."
