@@ -141,6 +141,13 @@ def test_cpu_stages_ask_for_no_gpu(tmp_path):
     assert "--gpus" not in command and "--cpus-per-task=8" in command, command
 
 
+def test_cpu_rules_take_their_requests_from_the_config(tmp_path):
+    jobs = planned(tmp_path, resources={"evaluate_generation": {"mem_mb": 1234, "runtime": 5}})
+    assert jobs["evaluate_generation"][0]["mem_mb"] == 1234 and jobs["evaluate_generation"][0]["runtime"] == 5
+    assert jobs["validate_dataset"][0]["mem_mb"] == 4000  # the schema's default
+    assert "gpu" not in jobs["simulate_dataset"][0]
+
+
 def test_one_process_stages_follow_their_sections_accelerator(tmp_path):
     """evaluate_vae runs where vae.trainer.accelerator says, one process however many devices
     fine-tuning uses; extract_latents where latents.accelerator says."""

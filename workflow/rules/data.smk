@@ -14,8 +14,7 @@ rule simulate_dataset:
         "../envs/mdgen.yaml"
     threads: 8
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **config["resources"]["simulate_dataset"],
     params:
         out=lambda wildcards, output: Path(output.users).parent,
         config=stage_config("simulator"),
@@ -38,8 +37,7 @@ rule validate_dataset:
         "../envs/mdgen.yaml"
     threads: 4
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **config["resources"]["validate_dataset"],
     params:
         root=dataset_root(),
         config=stage_config(

@@ -50,8 +50,7 @@ rule evaluate_generation:
         "../envs/mdgen.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **config["resources"]["evaluate_generation"],
     params:
         samples=lambda wildcards, input: Path(input.samples[0]).parent,
         out_dir=lambda wildcards, output: Path(output.generation).parent,
