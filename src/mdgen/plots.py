@@ -14,6 +14,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mdgen.data.dataset import to_uint8  # noqa: E402
+from mdgen.io import atomic_output  # noqa: E402
+
+
+def save(fig, out_png: str | Path) -> None:
+    """Write a figure as PNG atomically (readers never see half a file) and free it."""
+    try:
+        with atomic_output(out_png) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -52,8 +62,7 @@ def plot_curves(
         axes[0, 0].text(0.5, 0.5, "no metrics logged yet", ha="center", va="center")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100, format="png")
-    plt.close(fig)
+    save(fig, out_png)
 
 
 def image_grid(
@@ -83,8 +92,7 @@ def image_grid(
                 ax.set_ylabel(row_labels[i], fontsize=9)
     if title:
         fig.suptitle(title)
-    fig.savefig(out_png, dpi=100, format="png")
-    plt.close(fig)
+    save(fig, out_png)
 
 
 def plot_accuracy_vs_ratio(results: dict, out_png: Path) -> None:
@@ -105,8 +113,7 @@ def plot_accuracy_vs_ratio(results: dict, out_png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Person identification (mean ± std over {len(results['seeds'])} seeds)")
-    fig.savefig(out_png, dpi=100, format="png")
-    plt.close(fig)
+    save(fig, out_png)
 
 
 def plot_per_user(fidelity: list, real_val: list, out_png: Path) -> None:
@@ -121,8 +128,7 @@ def plot_per_user(fidelity: list, real_val: list, out_png: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.set_title("Per-user accuracy of the real-trained classifier")
-    fig.savefig(out_png, dpi=100, format="png")
-    plt.close(fig)
+    save(fig, out_png)
 
 
 def plot_confusion(confusion: list, out_png: Path) -> None:
@@ -135,8 +141,7 @@ def plot_confusion(confusion: list, out_png: Path) -> None:
     ax.set_xlabel("classified as user")
     ax.set_ylabel("generated for user")
     ax.set_title("Generated samples through the real-trained classifier")
-    fig.savefig(out_png, dpi=100, format="png")
-    plt.close(fig)
+    save(fig, out_png)
 
 
 def plot_pairs(
@@ -155,8 +160,7 @@ def plot_pairs(
     axes[0, 0].set_ylabel("sample")
     axes[1, 0].set_ylabel("nearest train")
     fig.suptitle(f"Closest sample–training pairs (red: below the memorisation threshold {threshold:.2f})")
-    fig.savefig(out_png, dpi=100, format="png")
-    plt.close(fig)
+    save(fig, out_png)
 
 
 def plot_identity(table: dict, out_png: Path) -> None:
@@ -186,5 +190,4 @@ def plot_identity(table: dict, out_png: Path) -> None:
     ax.set_ylim(0, 1.1)
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Where identity is lost (real val split)")
-    fig.savefig(out_png, dpi=100, format="png")
-    plt.close(fig)
+    save(fig, out_png)

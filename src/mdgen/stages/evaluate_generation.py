@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "nearest_pairs.png": lambda out: plot_pairs(memo["closest_pairs"], samples.x, train.x, memo["threshold"], out),
     }
     for name, draw in figures.items():
-        with atomic_output(args.out_dir / name) as tmp:
-            draw(tmp)
+        draw(args.out_dir / name)
     for name, mean, std in rows:
         print(f"{name:>52}: {mean}" + (f" ± {std}" if std else ""))
     print(

@@ -30,6 +30,7 @@ from PIL import Image
 from mdgen.config import load_config
 from mdgen.data.dataset import to_uint8
 from mdgen.data.validation import user_id
+from mdgen.io import atomic_output
 from mdgen.launch import die_with_launcher
 from mdgen.models.lightningdit import load_dit
 from mdgen.models.vavae import load_vavae
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out_dir / user_id(user)
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
-            Image.fromarray(image).save(folder / f"sample_{i:04d}.png")
+            with atomic_output(folder / f"sample_{i:04d}.png") as tmp:
+                Image.fromarray(image).save(tmp, format="PNG")
     fabric.barrier()  # every user's folder is complete
     if fabric.is_global_zero:
         elapsed = time.perf_counter() - start
