@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mdgen.data.dataset import class_label, MicroDopplerDataset
+from mdgen.data.dataset import class_label, MicroDopplerDataset, per_user_subset
 from mdgen.data.validation import read_manifest, validate_dataset, write_manifest
 
 
@@ -64,3 +64,22 @@ def test_an_empty_split_is_an_error_that_names_it(manifest):
 
 def test_class_label_is_the_folder_number():
     assert class_label("user_00") == 0 and class_label("user_30") == 30
+
+
+def test_per_user_subset_draws_each_users_count_in_manifest_order():
+    labels = np.array([0, 1, 0, 1, 2, 0, 2, 1, 2])
+    drawn = per_user_subset(labels, 2, seed=3)
+    assert drawn == sorted(drawn) and len(drawn) == 6
+    assert all(np.sum(labels[drawn] == u) == 2 for u in (0, 1, 2))
+    # A mapping with the same counts is the same draw; other counts per user are honoured.
+    assert per_user_subset(labels, {0: 2, 1: 2, 2: 2}, seed=3) == drawn
+    assert np.bincount(labels[per_user_subset(labels, {0: 3, 2: 1}, seed=3)]).tolist() == [3, 0, 1]
+    assert per_user_subset(labels, 2, seed=4) != drawn or per_user_subset(labels, 2, seed=5) != drawn
+
+
+def test_per_user_subset_refuses_more_than_a_user_has_with_the_advice():
+    labels = np.array([0, 0, 1])
+    with pytest.raises(ValueError, match="user_01 has 1 items, fewer than the 2 per user asked for: lower evaluation"):
+        per_user_subset(labels, 2, seed=0)
+    with pytest.raises(ValueError, match="user_00 has 2 items, fewer than the 3 .*: raise sample.per_user"):
+        per_user_subset(labels, {0: 3}, seed=0, advice="raise sample.per_user")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -18,23 +19,28 @@ def class_label(user_id: str) -> int:
     return int(user_id.removeprefix("user_"))
 
 
-def per_user_subset(labels, per_user: int, seed: int) -> list[int]:
-    """Indices of `per_user` items of every label (seeded draw), in their original order.
+def per_user_subset(
+    labels, per_user: int | Mapping[int, int], seed: int, advice: str = "lower evaluation.low_data_k"
+) -> list[int]:
+    """Indices of `per_user` items of every label (or `per_user[label]` of each label in a
+    mapping), drawn without replacement from the seed, in their original order.
 
     The low-data study draws the generator's training latents and the classifier's real images
-    with it; both follow the manifest's order, so both see exactly the same real images.
+    with it; both follow the manifest's order, so both see exactly the same real images. The
+    augmentation study draws its synthetic images per user with it. Too few items of a label is a
+    ValueError that ends with `advice`.
     """
     labels = np.asarray(labels)
+    counts = per_user if isinstance(per_user, Mapping) else dict.fromkeys(np.unique(labels).tolist(), per_user)
     rng = np.random.default_rng(seed)
     chosen = []
-    for label in np.unique(labels):
+    for label, count in counts.items():
         candidates = np.flatnonzero(labels == label)
-        if per_user > len(candidates):
+        if count > len(candidates):
             raise ValueError(
-                f"user_{label:02d} has {len(candidates)} training images, fewer than the {per_user} per "
-                "user the low-data study asks for: lower evaluation.low_data_k"
+                f"user_{label:02d} has {len(candidates)} items, fewer than the {count} per user asked for: {advice}"
             )
-        chosen.append(rng.choice(candidates, per_user, replace=False))
+        chosen.append(rng.choice(candidates, count, replace=False))
     return sorted(int(i) for i in np.concatenate(chosen))
 
 

@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mdgen.data.dataset import per_user_subset
 from mdgen.data.validation import user_id
 from mdgen.evaluation.classifier import predict, Recipe, train_classifier
 from mdgen.evaluation.metrics import classification_metrics
+
+TOO_FEW_SAMPLES = "raise sample.per_user or lower evaluation.ratios"
 
 
 @dataclass
@@ -47,20 +50,6 @@ def read_samples(samples_dir: Path, num_classes: int) -> tuple[list[str], np.nda
         paths += found
         labels += [user] * len(found)
     return paths, np.array(labels)
-
-
-def synthetic_subset(labels: np.ndarray, per_user: dict[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Indices of `per_user[u]` samples of each user u, drawn without replacement."""
-    chosen = []
-    for user, count in per_user.items():
-        candidates = np.flatnonzero(labels == user)
-        if count > len(candidates):
-            raise SystemExit(
-                f"{user_id(user)} has {len(candidates)} samples, the protocol needs {count}: raise "
-                "sample.per_user or lower evaluation.ratios"
-            )
-        chosen.append(rng.choice(candidates, count, replace=False))
-    return np.sort(np.concatenate(chosen))
 
 
 def summary(values: list[float]) -> dict:
@@ -107,7 +96,10 @@ def run_protocols(
                 training = samples
             else:
                 wanted = {u: int(round(ratio * n)) for u, n in real_per_user.items()}
-                chosen = synthetic_subset(samples.labels, wanted, np.random.default_rng(seed))
+                try:
+                    chosen = per_user_subset(samples.labels, wanted, seed, advice=TOO_FEW_SAMPLES)
+                except ValueError as error:
+                    raise SystemExit(str(error)) from None
                 synthetic_used.append([samples.paths[i] for i in chosen])
                 added = samples.subset(chosen)
                 training = Images(

@@ -22,8 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from mdgen.config import load_config
 from mdgen.launch import die_with_launcher
 from mdgen.models.vavae import save_official, vavae_kwargs
-from mdgen.plots import plot_curves
-from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config
+from mdgen.training import fit, prepare_work_dir, say, trainer_from_config, write_curves
 from mdgen.training.pictures import ReconstructionPictures
 from mdgen.training.vavae import first_of_each_user, SpectrogramData, VAVAETraining
 
@@ -114,10 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         export_config = {"model": vavae_kwargs(config), **config}
         save_official(args.out_dir / "vavae.pt", module.vae, export_config, extra_state=module.official_loss_state())
-        collect_metrics(work_dir, args.out_dir / "metrics.csv")
-        plot_curves(
-            args.out_dir / "metrics.csv",
-            args.out_dir / "curves.png",
+        write_curves(
+            work_dir,
+            args.out_dir,
             title="VA-VAE fine-tuning",
             panels={
                 "reconstruction (L1 + perceptual)": ["train/rec_loss", "val/rec_loss"],

@@ -25,8 +25,7 @@ from mdgen.data.latents import LatentDataModule
 from mdgen.launch import die_with_launcher
 from mdgen.models.lightningdit import dit_kwargs, save_official
 from mdgen.models.vavae import load_vavae
-from mdgen.plots import plot_curves
-from mdgen.training import collect_metrics, fit, prepare_work_dir, say, trainer_from_config
+from mdgen.training import fit, prepare_work_dir, say, trainer_from_config, write_curves
 from mdgen.training.dit import DiTTraining
 from mdgen.training.pictures import SamplePictures
 
@@ -126,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         save_official(
             args.out_dir / "dit.pt", module.model, module.ema, trainer.optimizers[0].state_dict(), export_config
         )
-        collect_metrics(work_dir, args.out_dir / "metrics.csv")
-        plot_curves(
-            args.out_dir / "metrics.csv",
-            args.out_dir / "curves.png",
+        write_curves(
+            work_dir,
+            args.out_dir,
             title="LightningDiT training",
             panels={
                 "loss": ["train/loss", "val/loss"],

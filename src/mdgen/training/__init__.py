@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from mdgen.config import config_hash
 from mdgen.io import atomic_output
+from mdgen.plots import plot_curves
 from mdgen.progress import training_progress
 
 
@@ -158,3 +159,10 @@ def collect_metrics(work_dir: Path, out_csv: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(merged)
+
+
+def write_curves(work_dir: Path, out_dir: Path, title: str, panels: dict[str, list[str]], **plot_kwargs) -> None:
+    """The declared outputs every training stage writes after its export: out_dir/metrics.csv
+    (every run's metrics joined) and out_dir/curves.png (those panels)."""
+    collect_metrics(work_dir, out_dir / "metrics.csv")
+    plot_curves(out_dir / "metrics.csv", out_dir / "curves.png", title=title, panels=panels, **plot_kwargs)
