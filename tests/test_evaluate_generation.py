@@ -95,13 +95,17 @@ def test_identity_table_follows_each_generator_from_real_to_cas(copied):
     assert rows["reconstructions of real val classified as their user"][1:] == ["0.5000", "0.0000"]
 
 
-def test_an_eval_json_from_other_judges_is_refused(tiny_manifest, tmp_path):
+@pytest.mark.parametrize("seeds", [[0, 1, 2], [0, 2]])
+def test_an_eval_json_from_other_judges_is_refused(tiny_manifest, tmp_path, seeds):
     samples = noise_samples(tmp_path / "samples")
-    other = write_vae_eval(tmp_path / "other.json", SETTINGS | {"seeds": [0, 1, 2]})
+    other = write_vae_eval(tmp_path / "other.json", SETTINGS | {"seeds": seeds})
     config = tiny_config(evaluation=SETTINGS)
     args = ["--manifest", str(tiny_manifest), "--samples", str(samples), "--out-dir", str(tmp_path / "eval")]
     with pytest.raises(SystemExit, match="rerun evaluate_vae with the same evaluation settings"):
         evaluate([*args, "--vae-eval", str(other), "--config", json.dumps(config)])
+    (tmp_path / "old.json").write_text(json.dumps({"images": 8}))  # an eval.json from before the identity table
+    with pytest.raises(SystemExit, match="has no identity table: .* rerun evaluate_vae"):
+        evaluate([*args, "--vae-eval", str(tmp_path / "old.json"), "--config", json.dumps(config)])
 
 
 def test_every_protocol_runs_over_every_seed_and_records_what_it_saw(copied, tiny_manifest):

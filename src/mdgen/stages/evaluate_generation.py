@@ -78,12 +78,14 @@ def read_vae_identity(path: Path, settings: dict) -> dict:
     table = json.loads(path.read_text()).get("identity")
     if table is None:
         raise SystemExit(f"{path} has no identity table: it was written by an older evaluate_vae; rerun evaluate_vae")
-    expected = f"evaluation classifier ({settings['classifier']['architecture']}, {settings['classifier']['size']} px)"
-    seeds = len(table["real_val"]["runs"])
-    if not table["judge"].startswith(expected) or seeds != len(settings["seeds"]):
+    expected = (
+        f"evaluation classifier ({settings['classifier']['architecture']}, {settings['classifier']['size']} px) "
+        f"trained on real train, seeds {settings['seeds']}"
+    )
+    if table["judge"] != expected:
         raise SystemExit(
-            f"{path} was measured with judges '{table['judge']}', this evaluation uses {expected} with "
-            f"seeds {settings['seeds']}: rerun evaluate_vae with the same evaluation settings"
+            f"{path} was measured with judges '{table['judge']}', this evaluation uses '{expected}': "
+            "rerun evaluate_vae with the same evaluation settings"
         )
     return table
 
