@@ -8,6 +8,7 @@ and its own (unsynced) training losses.
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def logged(metrics_csv: Path, key: str) -> list[float]:
 
 
 def files_under(folder: Path) -> list[str]:
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    """Files below folder; TensorBoard's event files by their stem (the rest names time, host, pid)."""
+    names = (str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    return sorted(re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents", name) for name in names)
 
 
 def assert_ranks_split_the_data(ranks: list[dict], per_epoch: int, epochs: int) -> None:
@@ -108,6 +111,8 @@ def test_ddp_dit_training_shards_the_data_and_averages_the_logged_loss(ddp_dit):
         "training/config.json",
         "training/logs/version_0/hparams.yaml",
         "training/logs/version_0/metrics.csv",
+        "training/tensorboard/version_0/events.out.tfevents",  # one: rank 0's
+        "training/tensorboard/version_0/hparams.yaml",
     ]
     assert torch.load(out / "dit.pt", weights_only=True)["config"]["dit"]["trainer"]["devices"] == 2
 
@@ -130,6 +135,8 @@ def test_ddp_vae_training_shards_the_data_and_averages_the_logged_loss(tiny_mani
         "training/config.json",
         "training/logs/version_0/hparams.yaml",
         "training/logs/version_0/metrics.csv",
+        "training/tensorboard/version_0/events.out.tfevents",  # one: rank 0's
+        "training/tensorboard/version_0/hparams.yaml",
         "vavae.pt",
     ]
 
