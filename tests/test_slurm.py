@@ -57,12 +57,15 @@ def sacct_jobs(run_id: str) -> list[dict]:
 
 
 def result_files(workdir: Path) -> set[str]:
-    """The pipeline's outputs, without what differs by where it ran (logs, timings)."""
+    """The pipeline's outputs, without what differs by where it ran (logs, timings, and TensorBoard's
+    event files, named by time, host and process)."""
     results = workdir / "results"
     return {
         str(p.relative_to(results))
         for p in results.rglob("*")
-        if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks")
+        if p.is_file()
+        and p.relative_to(results).parts[0] not in ("logs", "benchmarks")
+        and "tensorboard" not in p.relative_to(results).parts
     }
 
 
