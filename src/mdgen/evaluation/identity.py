@@ -51,6 +51,11 @@ def judge_view(arrays: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.stack(tensors)
 
 
+def judge_name(recipe: Recipe, seeds: list[int]) -> str:
+    """What the identity table's judges are: tables from different judges must not be combined."""
+    return f"evaluation classifier ({recipe.architecture}, {recipe.size} px) trained on real train, seeds {seeds}"
+
+
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predict(model, images)[0] == labels).float().mean())
 
@@ -77,8 +82,7 @@ def reconstruction_identity(
             judge = train_classifier(recon_train_x, train_y, num_classes, recipe, seed)
             recon_judge.append(accuracy(judge, recon_val_x, val_y))
     table = {
-        "judge": f"evaluation classifier ({recipe.architecture}, {recipe.size} px) trained on real train, "
-        f"seeds {seeds}",
+        "judge": judge_name(recipe, seeds),
         "chance": 1 / num_classes,
         "real_val": summary(real),
         "reconstructions": summary(reconstructions),

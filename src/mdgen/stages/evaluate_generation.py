@@ -35,7 +35,7 @@ from mdgen.config import load_config
 from mdgen.data.dataset import class_label, per_user_subset
 from mdgen.data.validation import read_manifest, user_id
 from mdgen.evaluation.classifier import embed, load_images, Recipe
-from mdgen.evaluation.identity import format_identity_table
+from mdgen.evaluation.identity import format_identity_table, judge_name
 from mdgen.evaluation.metrics import frechet_distance, frechet_distance_per_group, memorisation, precision_recall
 from mdgen.evaluation.study import fidelity, Images, protocols, read_samples, run_protocols
 from mdgen.io import atomic_output
@@ -78,10 +78,7 @@ def read_vae_identity(path: Path, settings: dict) -> dict:
     table = json.loads(path.read_text()).get("identity")
     if table is None:
         raise SystemExit(f"{path} has no identity table: it was written by an older evaluate_vae; rerun evaluate_vae")
-    expected = (
-        f"evaluation classifier ({settings['classifier']['architecture']}, {settings['classifier']['size']} px) "
-        f"trained on real train, seeds {settings['seeds']}"
-    )
+    expected = judge_name(Recipe(**settings["classifier"]), settings["seeds"])
     if table["judge"] != expected:
         raise SystemExit(
             f"{path} was measured with judges '{table['judge']}', this evaluation uses '{expected}': "
