@@ -84,7 +84,8 @@ def kill_when_checkpointed(run: subprocess.Popen, slurm_dir: Path, rule: str, st
         if last.exists() and torch.load(last, weights_only=False)["global_step"] >= step:
             queue = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, timeout=60).stdout
             job_id = next(line.split()[0] for line in queue.splitlines() if line.split()[1] == f"rule_{rule}")
-            subprocess.run(["pkill", "-KILL", "-f", f"mdgen[.]stages[.]{rule} .*--out-dir results/"], check=True, timeout=60)
+            pattern = f"mdgen[.]stages[.]{rule} .*--out-dir results/"
+            subprocess.run(["pkill", "-KILL", "-f", pattern], check=True, timeout=60)
             return int(job_id)
         time.sleep(0.5)
     pytest.fail(f"{rule} wrote no checkpoint at step {step} (snakemake exit status {run.poll()})")
