@@ -15,6 +15,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
 include: "workflow/rules/vae.smk"
 include: "workflow/rules/latents.smk"
 include: "workflow/rules/dit.smk"

@@ -191,3 +191,23 @@ def plot_identity(table: dict, out_png: Path) -> None:
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Where identity is lost (real val split)")
     save(fig, out_png)
+
+
+def plot_feature_maps(images: list[np.ndarray], maps: torch.Tensor, row_labels: list[str], out_png: Path) -> None:
+    """Each image beside its feature map (N, D, h, w), the map's first three principal components
+    (fitted over all shown positions together) as red, green and blue: positions that look alike
+    to the encoder share a colour, across images too."""
+    n, d, h, w = maps.shape
+    positions = maps.permute(0, 2, 3, 1).reshape(-1, d).double()  # (N·h·w, D)
+    positions = positions - positions.mean(dim=0)
+    _, _, components = torch.linalg.svd(positions, full_matrices=False)
+    projected = positions @ components[:3].T  # (N·h·w, ≤ 3)
+    projected = torch.nn.functional.pad(projected, (0, 3 - projected.shape[1]))
+    low, high = projected.min(dim=0).values, projected.max(dim=0).values
+    colours = ((projected - low) / (high - low).clamp_min(1e-12) * 255).round().byte().reshape(n, h, w, 3)
+    side = images[0].shape[0]
+    rows = [
+        [image, np.kron(colour.numpy(), np.ones((side // h, side // w, 1), dtype=np.uint8))]
+        for image, colour in zip(images, colours)
+    ]
+    image_grid(rows, row_labels, ["input", "features (PCA → RGB)"], out_png, title="Teacher features")

@@ -163,3 +163,61 @@ def gpu_resources(rule, section, one_process=False):
         "tasks": nodes,
         "slurm_extra": f"--gpus-per-node={per_node} --ntasks-per-node=1",
     }
+
+
+# Representation alignment (README: Alignment). The teacher and REPA's inputs appear only when the
+# config uses them, so that a run without alignment has the DAG it always had.
+
+
+def vf_teacher():
+    """finetune_vae's teacher input: the spectrogram teacher with vae.use_vf domain."""
+    return ["results/teacher/teacher.pt"] if config["vae"]["use_vf"] == "domain" else []
+
+
+def repa_teacher():
+    """Whether the DiTs align to the spectrogram teacher (REPA with encoder domain)."""
+    repa = config["dit"]["repa"]
+    return repa["weight"] > 0 and repa["encoder"] == "domain"
+
+
+def evaluation_teachers():
+    """{training set: teacher file} of the generators that align to a teacher, for the record
+    (and the check) of what each teacher saw in generation.json."""
+    teachers = {}
+    if vf_teacher() or repa_teacher():
+        teachers["real_train"] = "results/teacher/teacher.pt"
+    if repa_teacher():
+        teachers |= {
+            f"k{k}": f"results/lowdata/k{k}/teacher/teacher.pt"
+            for k in config["evaluation"]["low_data_k"]
+        }
+    return teachers
+
+
+def vae_sections():
+    """The sections a VA-VAE-training stage reads: the teacher's too when the latents align to it."""
+    return ["vae", "logging"] + (
+        ["teacher"] if config["vae"]["use_vf"] == "domain" else []
+    )
+
+
+def repa_inputs(teacher):
+    """train_dit's inputs for REPA: the clean images (manifest) and the encoder, `teacher` or the
+    dinov2/mae weights; none when dit.repa.weight is 0."""
+    repa = config["dit"]["repa"]
+    if repa["weight"] == 0:
+        return {}
+    if repa_teacher():
+        return {"manifest": "results/dataset/manifest.csv", "teacher": teacher}
+    return {"manifest": "results/dataset/manifest.csv"} | (
+        {"encoder_weights": repa["weights"]} if repa["weights"] else {}
+    )
+
+
+def alignment_args(wildcards, input):
+    """--manifest/--teacher for a stage whose inputs came from vf_teacher or repa_inputs."""
+    return " ".join(
+        f"--{name} {getattr(input, name)}"
+        for name in ("manifest", "teacher")
+        if hasattr(input, name)
+    )

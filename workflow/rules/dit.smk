@@ -3,6 +3,7 @@
 
 rule train_dit:
     input:
+        **repa_inputs("results/teacher/teacher.pt"),
         train="results/latents/train.zarr",
         val="results/latents/val.zarr",
         vae="results/vae/vavae.pt",
@@ -29,9 +30,10 @@ rule train_dit:
         out_dir=lambda wildcards, output: Path(output.dit).parent,
         config=stage_config("dit", "logging"),
         subset="",
+        alignment=alignment_args,
     shell:
         "{params.launch} -m mdgen.stages.train_dit --latents {params.latents} --vae {input.vae}"
-        " --out-dir {params.out_dir} --config {params.config:q} {params.subset} > {log} 2>&1"
+        " --out-dir {params.out_dir} --config {params.config:q} {params.subset} {params.alignment} > {log} 2>&1"
 
 
 rule sample:
@@ -68,6 +70,11 @@ rule sample:
 
 
 use rule train_dit as train_dit_low_data with:
+    input:
+        **repa_inputs("results/lowdata/k{k}/teacher/teacher.pt"),
+        train="results/latents/train.zarr",
+        val="results/latents/val.zarr",
+        vae="results/vae/vavae.pt",
     output:
         dit="results/lowdata/k{k}/dit/dit.pt",
         metrics="results/lowdata/k{k}/dit/metrics.csv",
@@ -82,6 +89,7 @@ use rule train_dit as train_dit_low_data with:
         out_dir=lambda wildcards, output: Path(output.dit).parent,
         config=stage_config("dit", "logging"),
         subset=lambda wildcards: f"--per-user {wildcards.k} --subset-seed {config['evaluation']['low_data_seed']}",
+        alignment=alignment_args,
 
 
 use rule sample as sample_low_data with:

@@ -10,6 +10,7 @@ rule evaluate_generation:
             "results/lowdata/k{k}/samples/grid.png",
             k=config["evaluation"]["low_data_k"],
         ),
+        teachers=list(evaluation_teachers().values()),
     output:
         generation="results/eval/generation.json",
         identity=report(
@@ -59,6 +60,9 @@ rule evaluate_generation:
             f"--low-data {k}={Path(grid).parent}"
             for k, grid in zip(config["evaluation"]["low_data_k"], input.low_data)
         ),
+        teachers=" ".join(
+            f"--teacher {name}={path}" for name, path in evaluation_teachers().items()
+        ),
     shell:
         "python -m mdgen.stages.evaluate_generation --manifest {input.manifest} --samples {params.samples}"
-        " --vae-eval {input.vae_eval} --out-dir {params.out_dir} --config {params.config:q} --threads {threads} {params.low_data} > {log} 2>&1"
+        " --vae-eval {input.vae_eval} --out-dir {params.out_dir} --config {params.config:q} --threads {threads} {params.low_data} {params.teachers} > {log} 2>&1"

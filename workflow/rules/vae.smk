@@ -5,6 +5,7 @@ rule finetune_vae:
     input:
         manifest="results/dataset/manifest.csv",
         pretrained=pretrained_files("vae"),
+        teacher=vf_teacher(),
     output:
         vae="results/vae/vavae.pt",
         metrics="results/vae/metrics.csv",
@@ -25,10 +26,13 @@ rule finetune_vae:
     params:
         launch=launcher("vae"),
         out_dir=lambda wildcards, output: Path(output.vae).parent,
-        config=stage_config("vae", "logging"),
+        config=stage_config(*vae_sections()),
+        teacher=lambda wildcards, input: (
+            f"--teacher {input.teacher}" if input.teacher else ""
+        ),
     shell:
         "{params.launch} -m mdgen.stages.finetune_vae --manifest {input.manifest} --out-dir {params.out_dir}"
-        " --config {params.config:q} > {log} 2>&1"
+        " --config {params.config:q} {params.teacher} > {log} 2>&1"
 
 
 rule evaluate_vae:

@@ -358,6 +358,22 @@ class LatentDataset(Dataset):
         return {**self.__dict__, "_array": None, "_chunk_index": -1, "_chunk": None}
 
 
+class WithFeatures(Dataset):
+    """The items of a dataset with one more tensor each: (latents, label, features[index]).
+    REPA's train batches: the encoder features of the image each latent encodes."""
+
+    def __init__(self, dataset: Dataset, features: torch.Tensor):
+        if len(features) != len(dataset):
+            raise ValueError(f"{len(features)} feature rows for {len(dataset)} items: expected one per item")
+        self.dataset, self.features = dataset, features
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return (*self.dataset[index], self.features[index])
+
+
 class LatentDataModule(pl.LightningDataModule):
     """Train and val LatentDatasets; train is shuffled (dropping the last partial batch when the split is
     larger than a batch), val is read in store order.
@@ -375,10 +391,13 @@ class LatentDataModule(pl.LightningDataModule):
         vae_path: str | os.PathLike | None = None,
         memory_limit_mb: float = 4096,
         train_indices: Sequence[int] | None = None,
+        train_features: torch.Tensor | None = None,
     ):
-        """`train_indices`: train on these items of the train store only (the low-data study)."""
+        """`train_indices`: train on these items of the train store only (the low-data study).
+        `train_features`: one row per item of the train store, appended to its train items."""
         super().__init__()
         self.train_indices = train_indices
+        self.train_features = train_features
         self.train_store, self.val_store = Path(train_store), Path(val_store)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -416,7 +435,8 @@ class LatentDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        fit = self.train if self.train_indices is None else Subset(self.train, list(self.train_indices))
+        fit = self.train if self.train_features is None else WithFeatures(self.train, self.train_features)
+        fit = fit if self.train_indices is None else Subset(fit, list(self.train_indices))
         return self._loader(fit, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -20,6 +20,7 @@ that was descheduled): give the process the cores its threads use.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
@@ -176,13 +177,20 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 
 def train_classifier(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: Recipe, seed: int
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    recipe: Recipe,
+    seed: int,
+    model_factory: Callable[[], nn.Module] | None = None,
 ) -> nn.Module:
     """Train a fresh classifier on in-memory images (N, C, H, W) in [-1, 1]; return it in eval mode.
 
     Deterministic for a seed on a given machine and thread count (the thread count changes the
     order of floating-point sums): the seed sets the initial weights, the dropout masks and the
-    order of the batches, and the caller's global RNG state is left untouched.
+    order of the batches, and the caller's global RNG state is left untouched. `model_factory`
+    builds another network (forward = logits) to train with the same recipe (the teacher does);
+    by default the recipe's architecture.
     """
     _check_inputs(images, labels, num_classes)
     if recipe.epochs < 1:
@@ -196,7 +204,7 @@ def train_classifier(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_classifier(num_classes, images.shape[1], recipe)
+        model = model_factory() if model_factory else build_classifier(num_classes, images.shape[1], recipe)
         # channels_last halves the time of a CNN training step on CPU (oneDNN's native layout).
         model = model.to(images.device, memory_format=torch.channels_last)
         shuffle = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
-"""Losses: the VA-VAE loss (L1 + LPIPS, KL, PatchGAN, vision-foundation alignment) and its parts.
+"""Losses: the VA-VAE loss (L1 + LPIPS, KL, PatchGAN, vision-foundation alignment) and its parts,
+and REPA's alignment loss for the DiT.
 
 No weights are loaded on import; they come only from the local files passed to build_lpips and
 FoundationModel. The names below are imported on first use, because timm and lpips (torchvision)
@@ -18,6 +19,8 @@ _MODULE_OF = {
     "FOUNDATION_MODELS": "foundation",
     "FoundationModel": "foundation",
     "PerceptualLoss": "perceptual",
+    "build_projector": "repa",
+    "repa_loss": "repa",
     "build_lpips": "perceptual",
     "LPIPSWithDiscriminator": "vavae_loss",
     "adaptive_weight": "vavae_loss",

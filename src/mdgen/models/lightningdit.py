@@ -403,7 +403,9 @@ class LightningDiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor, force_drop_ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor, force_drop_ids: Tensor | None = None, hidden_at: int | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Predict the velocity.
 
         x: (N, C, H, W) latents with H = W = input_size.
@@ -411,23 +413,29 @@ class LightningDiT(nn.Module):
         y: (N,) labels in [0, num_classes]; num_classes is the null label.
         force_drop_ids: optional (N,), 1 where y is replaced by the null label (in any mode). Without
             it, labels are dropped with probability class_dropout_prob in training mode only.
-        Returns (N, in_channels, H, W).
+        hidden_at: also return the tokens after block `hidden_at` (1-based), for REPA's alignment.
+        Returns (N, in_channels, H, W), and with hidden_at the tokens (N, T, D) in row-major patch order.
         """
         self._check_latents(x)
+        if hidden_at is not None and not 1 <= hidden_at <= self.depth:
+            raise ValueError(f"hidden_at must name a block, 1..{self.depth}; got {hidden_at}")
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D), T = H * W / patch_size ** 2
         t = self.t_embedder(t)  # (N, D)
         y = self.y_embedder(y, self.training, force_drop_ids)  # (N, D)
         c = t + y  # (N, D)
-        for block in self.blocks:
+        hidden = None
+        for index, block in enumerate(self.blocks, start=1):
             if self.use_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, self.feat_rope, use_reentrant=False)
             else:
                 x = block(x, c, self.feat_rope)  # (N, T, D)
+            if index == hidden_at:
+                hidden = x
         x = self.final_layer(x, c)  # (N, T, patch_size ** 2 * out_channels)
         x = self.unpatchify(x)  # (N, out_channels, H, W)
         if self.learn_sigma:
             x, _ = x.chunk(2, dim=1)  # (N, in_channels, H, W)
-        return x
+        return x if hidden_at is None else (x, hidden)
 
     def forward_with_cfg(
         self,
@@ -638,17 +646,24 @@ LightningDiT_models = {
 MODEL_ALIASES = {"LightningDiT-XL": "LightningDiT-XL/1"}
 
 
-def create_model(name: str, **kwargs) -> LightningDiT:
-    """Build a registry size; kwargs are the other LightningDiT arguments (input_size, num_classes, ...).
-
-    name is a key of LightningDiT_models or an alias: "LightningDiT-XL" is "LightningDiT-XL/1".
-    """
+def registry_size(name: str) -> partial:
+    """The registry entry of a size name or alias ("LightningDiT-XL" is "LightningDiT-XL/1"); its
+    `keywords` hold depth, hidden_size, patch_size and num_heads."""
     size = LightningDiT_models.get(MODEL_ALIASES.get(name, name))
     if size is None:
         aliases = ", ".join(f"{alias} (= {target})" for alias, target in MODEL_ALIASES.items())
         raise ValueError(
             f"unknown LightningDiT model {name!r}; known: {', '.join(LightningDiT_models)}; aliases: {aliases}"
         )
+    return size
+
+
+def create_model(name: str, **kwargs) -> LightningDiT:
+    """Build a registry size; kwargs are the other LightningDiT arguments (input_size, num_classes, ...).
+
+    name is a key of LightningDiT_models or an alias: "LightningDiT-XL" is "LightningDiT-XL/1".
+    """
+    size = registry_size(name)
     fixed = sorted(set(kwargs) & set(size.keywords))
     if fixed:
         raise ValueError(
@@ -694,17 +709,30 @@ def build_dit(kwargs: Mapping) -> LightningDiT:
     return create_model(kwargs.pop("model_type"), **kwargs)
 
 
-def save_official(path, model: LightningDiT, ema: LightningDiT, optimizer_state: Mapping, config: dict) -> None:
+def save_official(
+    path,
+    model: LightningDiT,
+    ema: LightningDiT,
+    optimizer_state: Mapping,
+    config: dict,
+    training_only: Mapping[str, Mapping] | None = None,
+) -> None:
     """Write the official training-checkpoint layout {'model', 'ema', 'opt', 'config'} atomically.
 
-    config["model"] holds dit_kwargs' dict, so load_dit can rebuild the model.
+    config["model"] holds dit_kwargs' dict, so load_dit can rebuild the model. training_only adds
+    state dicts of modules the model does not hold (REPA's projector) under their own top-level
+    keys, apart from 'model' and 'ema', which the official code and load_dit load strictly.
     """
+    reserved = {"model", "ema", "opt", "config"} & set(training_only or {})
+    if reserved:
+        raise ValueError(f"training_only may not use the official keys {sorted(reserved)}")
     if not isinstance(config.get("model"), Mapping) or "model_type" not in config["model"]:
         raise ValueError(
             "save_official needs config['model'] with dit_kwargs' dict (model_type, input_size, ...), "
             f"so load_dit can rebuild the model; got config keys {sorted(config)}"
         )
     checkpoint = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": optimizer_state, "config": config}
+    checkpoint |= {key: dict(state) for key, state in (training_only or {}).items()}
     with atomic_output(path) as tmp:
         torch.save(checkpoint, tmp)
 

@@ -30,7 +30,9 @@ from mdgen.models.checkpoints import CheckpointMismatchError, load_strictly, rea
 
 VAE_LAYOUT = "a state dict or {'state_dict': ...}"
 
-VF_MODELS = (None, "dinov2", "mae")
+VF_MODELS = (None, "dinov2", "mae", "domain")  # domain: the spectrogram teacher (mdgen.models.teacher)
+# Feature channels of the official foundation models (ViT-L); the teacher's follow its width.
+FOUNDATION_FEATURE_DIM = 1024
 
 # Tensors of an official training checkpoint that are not part of the autoencoder.
 TRAINING_ONLY_PREFIXES = {
@@ -355,7 +357,7 @@ class VAVAE(nn.Module):
         double_z: bool = True,
         use_vf: str | None = None,
         reverse_proj: bool = True,
-        vf_feature_dim: int = 1024,
+        vf_feature_dim: int = FOUNDATION_FEATURE_DIM,
     ):
         super().__init__()
         if not double_z:
@@ -623,6 +625,7 @@ def vavae_kwargs(config: dict) -> dict:
         out_ch=channels,
         use_vf=vae["use_vf"],
         reverse_proj=vae["reverse_proj"],
+        vf_feature_dim=8 * config["teacher"]["width"] if vae["use_vf"] == "domain" else FOUNDATION_FEATURE_DIM,
     )
 
 

@@ -15,7 +15,7 @@ VA-VAE's identity figures from evaluate_vae it states where identity is lost, fo
 real val → reconstructions of real val → samples (fidelity) → trained on samples (CAS).
 
 Writes `<out-dir>/generation.json` (every number, the seeds, the settings, and which real images
-each generator and classifier saw), `metrics.csv` (the headline table) and the plots
+each generator, its alignment teacher and each classifier saw), `metrics.csv` (the headline table) and the plots
 identity.png, accuracy_vs_ratio.png, per_user_accuracy.png, confusion.png and nearest_pairs.png.
 """
 
@@ -33,6 +33,7 @@ import torch
 
 from mdgen.config import load_config
 from mdgen.data.dataset import class_label, per_user_subset
+from mdgen.data.latents import sha256_file
 from mdgen.data.validation import read_manifest, user_id
 from mdgen.evaluation.classifier import embed, load_images, Recipe
 from mdgen.evaluation.identity import format_identity_table, judge_name
@@ -63,7 +64,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="K=DIR",
         help="the samples of the generator trained on K train images per user (repeatable)",
     )
+    p.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="the spectrogram teacher a generator aligned to: real_train=results/teacher/teacher.pt, "
+        "k4=results/lowdata/k4/teacher/teacher.pt (repeatable)",
+    )
     return p.parse_args(argv)
+
+
+def teachers_saw(items: list[str], training_sets: dict[str, list[str]]) -> dict:
+    """What each --teacher NAME=PATH saw, checked to be exactly the images of training set NAME
+    (the real images its generator saw): anything else would leak images into the generator."""
+    recorded = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if name not in training_sets or not path:
+            raise SystemExit(f"--teacher expects NAME=PATH with NAME one of {sorted(training_sets)}, got {item!r}")
+        saw = torch.load(path, map_location="cpu", weights_only=True)["saw"]
+        if sorted(saw["paths"]) != sorted(training_sets[name]):
+            raise SystemExit(
+                f"{path} saw {saw['count']} images, not the {len(training_sets[name])} real images of {name} that "
+                "its generator saw: the teacher must see only what the generator sees"
+            )
+        recorded[name] = {"path": path, "sha256": sha256_file(path)} | {k: v for k, v in saw.items() if k != "paths"}
+    return recorded
 
 
 def parse_low_data(item: str) -> tuple[int, Path]:
@@ -161,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         results["low_data"][name] = run_protocols(subset, generated, val, generator_saw=name, **study)[0]
         results["low_data"][name]["fidelity"] = fidelity(judges, generated, num_classes)
     bar.close()
+    results["teachers"] = teachers_saw(args.teacher, results["training_sets"])
+    for name, study_results in {"real_train": results, **results["low_data"]}.items():
+        study_results["teacher_saw"] = name if name in results["teachers"] else None
 
     # Where identity is lost, for every generator, under the same real-trained judges.
     generators = {"real_train": results, **results["low_data"]}

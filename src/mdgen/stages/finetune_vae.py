@@ -20,7 +20,10 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mdgen.config import load_config
+from mdgen.data.latents import sha256_file
+from mdgen.data.validation import read_manifest
 from mdgen.launch import die_with_launcher
+from mdgen.models.teacher import load_teacher
 from mdgen.models.vavae import save_official, vavae_kwargs
 from mdgen.training import fit, prepare_work_dir, say, trainer_from_config, write_curves
 from mdgen.training.pictures import ReconstructionPictures
@@ -34,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out-dir", type=Path, required=True, help="where vavae.pt, metrics.csv, curves.png and training/ go"
     )
     p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and vae sections")
+    p.add_argument("--teacher", default=None, help="results/teacher/teacher.pt (vae.use_vf domain)")
     return p.parse_args(argv)
 
 
@@ -42,9 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, "data", "vae", "logging")
     logging = config["logging"]  # not part of what training resumes by: changing it never restarts
-    config = {"data": {k: config["data"][k] for k in ("size", "channels")}, "vae": config["vae"]}
+    config = {
+        "data": {k: config["data"][k] for k in ("size", "channels")},
+        "vae": config["vae"],
+        **({"teacher": config["teacher"]} if config["vae"]["use_vf"] == "domain" else {}),
+    }
     vae_config = config["vae"]
     pl.seed_everything(vae_config["seed"], workers=True)
+
+    teacher = None
+    if vae_config["use_vf"] == "domain":
+        if args.teacher is None:
+            raise SystemExit("vae.use_vf domain aligns the latents to the spectrogram teacher: pass --teacher")
+        # The teacher must have seen exactly the images the VA-VAE trains on: the train split.
+        teacher, _ = load_teacher(args.teacher, images_seen=read_manifest(args.manifest, "train"))
+        # Part of the resume fingerprint: another teacher starts training over.
+        config["teacher_sha256"] = sha256_file(args.teacher)
 
     work_dir = args.out_dir / "training"
     resume_from = prepare_work_dir(work_dir, config)
@@ -55,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         vae_config["batch_size"],
         vae_config["num_workers"],
     )
-    module = VAVAETraining(config)
+    module = VAVAETraining(config, teacher)
 
     n_params = sum(p.numel() for p in module.vae.parameters())
     size, channels = config["data"]["size"], config["data"]["channels"]
@@ -83,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         f" + KL + PatchGAN from step {loss_config['disc_start']}"
         + (
             f" + VF alignment with {vae_config['use_vf']}"
+            + (f" ({args.teacher}, {teacher.feature_dim} channels)" if teacher is not None else "")
             if vae_config["use_vf"]
             else " (no VF alignment: use_vf null)"
         )

@@ -1,4 +1,5 @@
-"""The LightningDiT's training task: rectified flow on latents, with an EMA copy of the weights."""
+"""The LightningDiT's training task: rectified flow on latents, with an EMA copy of the weights and,
+optionally, REPA's representation alignment."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import time
 
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from mdgen.losses.repa import build_projector, repa_loss
 from mdgen.models.lightningdit import build_dit
+from mdgen.progress import progress
 from mdgen.transport import training_loss
 
 
 class DiTTraining(pl.LightningModule):
-    """Rectified-flow training of a LightningDiT with an EMA copy of its weights."""
+    """Rectified-flow training of a LightningDiT with an EMA copy of its weights, and REPA when
+    dit.repa.weight > 0: train batches then carry the encoder features of the clean images
+    (B, T, repa_feature_dim) as a third element."""
 
-    def __init__(self, config: dict, model_kwargs: dict):
+    def __init__(self, config: dict, model_kwargs: dict, repa_feature_dim: int | None = None):
         super().__init__()
         self.save_hyperparameters({"config": config, "model_kwargs": model_kwargs})
         self.dit_config = config["dit"]
@@ -23,22 +29,47 @@ class DiTTraining(pl.LightningModule):
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         # Compile only the training forward: the state dict keeps the official key names.
         self.forward_model = torch.compile(self.model) if self.dit_config["compile"] else self.model
+        self.repa = self.dit_config["repa"]
+        self.projector = None  # REPA's, training-only: never part of self.model's state dict
+        if self.repa["weight"] > 0:
+            if repa_feature_dim is None:
+                raise ValueError("dit.repa.weight > 0 needs the encoder's feature width (repa_feature_dim)")
+            if not 1 <= self.repa["depth"] <= self.model.depth:
+                raise ValueError(
+                    f"dit.repa.depth {self.repa['depth']} is not a block of {model_kwargs['model_type']} "
+                    f"(1..{self.model.depth})"
+                )
+            self.projector = build_projector(self.model.hidden_size, self.repa["projector_dim"], repa_feature_dim)
         self._step_start = None
 
-    def _losses(self, latents, labels, **fixed):
+    def _losses(self, latents, labels, features=None, **fixed):
         transport = self.dit_config["transport"]
-        return training_loss(
-            self.forward_model,
+        hidden = {}
+
+        def velocity(x, t, y):
+            if features is None:
+                return self.forward_model(x, t, y)
+            prediction, hidden["tokens"] = self.forward_model(x, t, y, hidden_at=self.repa["depth"])
+            return prediction
+
+        losses = training_loss(
+            velocity,
             latents,
             dict(y=labels),
             use_lognorm=transport["use_lognorm"],
             use_cosine_loss=transport["use_cosine_loss"],
             **fixed,
         )
+        if features is not None:
+            losses["repa"] = repa_loss(self.projector(hidden["tokens"]), features)
+            losses["loss"] = losses["loss"] + self.repa["weight"] * losses["repa"]
+        return losses
 
     def training_step(self, batch, batch_idx):
-        latents, labels = batch
-        losses = self._losses(latents, labels)
+        latents, labels, *features = batch
+        if (self.projector is not None) != bool(features):
+            raise ValueError("REPA needs train batches of (latents, labels, encoder features), and only REPA does")
+        losses = self._losses(latents, labels, *features)
         # Under DDP: the mean over the ranks' batches (the loss the averaged gradient belongs to).
         self.log("train/loss", losses["loss"], prog_bar=True, sync_dist=True)
         self.log_dict({f"train/{name}": value for name, value in losses.items() if name != "loss"}, sync_dist=True)
@@ -79,9 +110,24 @@ class DiTTraining(pl.LightningModule):
 
     def configure_optimizers(self):
         settings = self.dit_config["optimizer"]
+        parameters = [*self.model.parameters(), *(self.projector.parameters() if self.projector else [])]
         return torch.optim.AdamW(
-            self.model.parameters(),
+            parameters,
             lr=settings["lr"],
             betas=(0.9, settings["beta2"]),
             weight_decay=settings["weight_decay"],
         )
+
+
+@torch.no_grad()
+def encoder_tokens(encoder: torch.nn.Module, images: Dataset, grid: tuple[int, int], batch_size: int) -> torch.Tensor:
+    """REPA's targets: the frozen encoder's features of every image (items with an `image`, as
+    MicroDopplerDataset gives them) on the DiT's token grid, as (N, grid_h · grid_w, D) float32 on
+    the CPU, in row-major patch order like the DiT's tokens."""
+    device = next(encoder.parameters()).device
+    tokens = []
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False)
+    for batch in progress(loader, desc="encoder features", unit="batch"):
+        features = encoder(batch["image"].to(device), grid=grid)  # (B, D, grid_h, grid_w)
+        tokens.append(features.flatten(2).transpose(1, 2).float().cpu())  # (B, T, D)
+    return torch.cat(tokens)

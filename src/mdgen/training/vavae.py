@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from mdgen.data.dataset import MicroDopplerDataset
 from mdgen.losses import build_lpips, FoundationModel, LPIPSWithDiscriminator, PerceptualLoss
+from mdgen.models.teacher import SpectrogramTeacher
 from mdgen.models.vavae import VAVAE, vavae_kwargs
 
 # Lightning warns that manual optimization checkpoints hold the weights after the optimizer step;
@@ -22,8 +23,9 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 FROZEN_PREFIXES = ("loss.perceptual_loss.", "loss.foundation_model.")
 
 
-def build_loss(config: dict) -> LPIPSWithDiscriminator:
-    """The VA-VAE loss with its frozen helpers (LPIPS backbone, vision foundation model) loaded."""
+def build_loss(config: dict, teacher: SpectrogramTeacher | None = None) -> LPIPSWithDiscriminator:
+    """The VA-VAE loss with its frozen helpers (LPIPS backbone, vision foundation model) loaded.
+    With use_vf domain the latents align to `teacher`, loaded by the caller (load_teacher)."""
     vae = config["vae"]
     loss_config = vae["lossconfig"]
     perceptual = None
@@ -33,7 +35,11 @@ def build_loss(config: dict) -> LPIPSWithDiscriminator:
             build_lpips(perceptual_config["vgg16_weights"], random_backbone=perceptual_config["random_backbone"])
         )
     foundation = None
-    if vae["use_vf"]:
+    if vae["use_vf"] == "domain":
+        if teacher is None:
+            raise ValueError("vae.use_vf domain aligns the latents to the spectrogram teacher: pass its teacher.pt")
+        foundation = teacher
+    elif vae["use_vf"]:
         foundation_config = vae["foundation"]
         foundation = FoundationModel(
             vae["use_vf"], foundation_config["weights"], random_weights=foundation_config["random_weights"]
@@ -84,11 +90,11 @@ class VAVAETraining(pl.LightningModule):
     """The official VA-VAE training step (LightningDiT vavae/ldm/models/autoencoder.py): one
     forward, an autoencoder update, then a discriminator update, with manual optimization."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, teacher: SpectrogramTeacher | None = None):
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.vae = VAVAE(**vavae_kwargs(config))
-        self.loss = build_loss(config)
+        self.loss = build_loss(config, teacher)
         self.learning_rate = config["vae"]["base_learning_rate"]
         self.automatic_optimization = False
 
@@ -96,7 +102,7 @@ class VAVAETraining(pl.LightningModule):
         """(z, features) for the VF loss, or (None, None) without foundation-model alignment."""
         if self.loss.foundation_model is None:
             return None, None
-        features = self.loss.foundation_model(images, grid=tuple(z.shape[-2:]))  # (B, 1024, h, w)
+        features = self.loss.foundation_model(images, grid=tuple(z.shape[-2:]))  # (B, vf_feature_dim, h, w)
         return self.vae.align(z, features)
 
     def _autoencoder_loss(self, images, reconstructions, posterior, z, split):

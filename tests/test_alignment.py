@@ -1,0 +1,205 @@
+"""Representation alignment: the spectrogram teacher, VF loss against it, and REPA for the DiT."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+from test_workflow import planned_jobs, snakemake, TINY
+
+from mdgen.data.latents import sha256_file
+from mdgen.data.validation import read_manifest
+from mdgen.losses.repa import build_projector, repa_loss
+from mdgen.models.checkpoints import CheckpointMismatchError
+from mdgen.models.lightningdit import create_model, load_dit
+from mdgen.models.teacher import images_fingerprint, load_teacher, SpectrogramTeacher, TeacherMismatchError
+from mdgen.models.vavae import load_vavae, VAVAE
+from mdgen.stages import finetune_vae, train_dit, train_teacher
+
+TEACHER = {"width": 4, "size": 32, "epochs": 3, "batch_size": 4}
+
+
+def teach(manifest, out_dir, *extra):
+    config = json.dumps(tiny_config(teacher=TEACHER))
+    return train_teacher.main(["--manifest", str(manifest), "--out-dir", str(out_dir), "--config", config, *extra])
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tiny_manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    assert teach(tiny_manifest, out) == 0
+    return out / "teacher.pt"
+
+
+def test_repa_loss_equals_a_direct_computation():
+    generator = torch.Generator().manual_seed(0)
+    projected, features = torch.randn(2, 3, 5, generator=generator), torch.randn(2, 3, 5, generator=generator)
+    total = 0.0
+    for b in range(2):
+        for t in range(3):
+            p, f = projected[b, t].tolist(), features[b, t].tolist()
+            dot = sum(x * y for x, y in zip(p, f))
+            total += -dot / (math.sqrt(sum(x * x for x in p)) * math.sqrt(sum(y * y for y in f)))
+    assert repa_loss(projected, features).item() == pytest.approx(total / 6, abs=1e-6)
+    assert repa_loss(features, features).item() == pytest.approx(-1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="token by token"):
+        repa_loss(projected, features[:, :2])
+
+
+def test_projector_maps_tokens_to_the_encoder_width():
+    projector = build_projector(64, 32, 12)
+    assert projector(torch.zeros(2, 16, 64)).shape == (2, 16, 12)
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_teacher_features_have_the_grids_vf_and_repa_ask_for(size):
+    torch.manual_seed(0)
+    teacher = SpectrogramTeacher(num_classes=3, in_chans=3, width=4, size=64)
+    images = torch.rand(2, 3, size, size) * 2 - 1
+    # VF: the latent grid of an f16 (the paper's) and an f4 (the study's) VA-VAE; REPA: the token
+    # grid of a /1 and a /2 DiT on f16 latents.
+    for grid in {size // 16, size // 4, size // 32}:
+        features = teacher(images, grid=(grid, grid))
+        assert features.shape == (2, 32, grid, grid) and torch.isfinite(features).all()
+    vae = VAVAE(
+        embed_dim=4, z_channels=4, ch=32, ch_mult=[1, 2], attn_resolutions=[], use_vf="domain", vf_feature_dim=32
+    )
+    z = torch.zeros(2, 4, size // 2, size // 2)
+    aligned, target = vae.align(z, teacher(images, grid=(size // 2, size // 2)))
+    assert aligned.shape == target.shape == (2, 32, size // 2, size // 2)
+
+
+def test_teacher_stage_learns_and_records_what_it_saw(teacher_file, tiny_manifest):
+    out = teacher_file.parent
+    summary = json.loads((out / "teacher.json").read_text())
+    rows = read_manifest(tiny_manifest, "train")
+    assert summary["saw"] == {
+        "count": len(rows),
+        "per_user": None,
+        "subset_seed": None,
+        "fingerprint": images_fingerprint(rows),
+    }
+    assert 0 <= summary["val_accuracy"] <= 1 and summary["train_accuracy"] > 1 / 3
+    assert (out / "features.png").stat().st_size > 5_000
+    teacher, saw = load_teacher(teacher_file, images_seen=rows)
+    assert saw["paths"] == [row["path"] for row in rows]
+    assert teacher.feature_dim == 32 and not teacher.training
+    assert teacher(torch.zeros(1, 3, 32, 32), grid=(4, 4)).shape == (1, 32, 4, 4)
+
+
+def test_a_teacher_from_another_run_is_refused(teacher_file, tiny_manifest, tmp_path):
+    rows = read_manifest(tiny_manifest, "train")
+    with pytest.raises(TeacherMismatchError, match="another run, data set or low-data draw"):
+        load_teacher(teacher_file, images_seen=rows[:-1])
+    # A low-data teacher saw fewer images than a generator trained on all of them.
+    assert teach(tiny_manifest, tmp_path, "--per-user", "2") == 0
+    assert json.loads((tmp_path / "teacher.json").read_text())["saw"]["count"] == 3 * 2
+    with pytest.raises(TeacherMismatchError, match="trained on 6 images"):
+        load_teacher(tmp_path / "teacher.pt", images_seen=rows)
+
+
+def test_teacher_loads_strictly(teacher_file, tmp_path):
+    checkpoint = torch.load(teacher_file, weights_only=True)
+    checkpoint["state_dict"]["net.extra.weight"] = checkpoint["state_dict"].pop("net.head.weight")
+    torch.save(checkpoint, tmp_path / "renamed.pt")
+    with pytest.raises(CheckpointMismatchError, match=r"net\.head\.weight[\s\S]*net\.extra\.weight"):
+        load_teacher(tmp_path / "renamed.pt")
+
+
+def test_vae_aligns_to_the_teacher(teacher_file, tiny_manifest, tmp_path):
+    config = tiny_config(
+        teacher=TEACHER,
+        vae={"use_vf": "domain", "trainer": {"max_steps": 6}, "lossconfig": {"disc_start": 100}},
+    )
+    argv = ["--manifest", str(tiny_manifest), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    with pytest.raises(SystemExit, match="pass --teacher"):
+        finetune_vae.main(argv)
+    assert finetune_vae.main([*argv, "--teacher", str(teacher_file)]) == 0
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        vf = [float(r["train/vf_loss"]) for r in csv.DictReader(f) if r.get("train/vf_loss")]
+    assert vf and all(math.isfinite(v) for v in vf)
+    saved = torch.load(tmp_path / "vavae.pt", weights_only=True)
+    assert saved["config"]["teacher_sha256"] == sha256_file(teacher_file)
+    assert saved["state_dict"]["linear_proj.weight"].shape == (32, 4, 1, 1)  # 8 × width teacher channels
+    assert load_vavae(tmp_path / "vavae.pt").use_vf == "domain"
+    assert load_vavae(tmp_path / "vavae.pt", use_vf=None).use_vf is None
+
+
+def repa_training(tiny_latents, tiny_manifest, out_dir, teacher, *extra, steps=6):
+    latents, vae = tiny_latents
+    config = tiny_config(
+        teacher=TEACHER, dit={"trainer": {"max_steps": steps}, "repa": {"weight": 0.5, "depth": 1, "projector_dim": 16}}
+    )
+    argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(out_dir), "--config", json.dumps(config)]
+    return train_dit.main([*argv, "--manifest", str(tiny_manifest), "--teacher", str(teacher), *extra])
+
+
+def test_repa_trains_and_keeps_the_projector_out_of_the_official_weights(
+    teacher_file, tiny_latents, tiny_manifest, tmp_path
+):
+    assert repa_training(tiny_latents, tiny_manifest, tmp_path, teacher_file) == 0
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        repa = [float(r["train/repa"]) for r in csv.DictReader(f) if r.get("train/repa")]
+    assert len(repa) == 6 and all(-1 <= v <= 1 for v in repa)
+    checkpoint = torch.load(tmp_path / "dit.pt", weights_only=True)
+    assert set(checkpoint) == {"model", "ema", "opt", "config", "repa_projector"}
+    assert checkpoint["repa_projector"]["4.weight"].shape == (32, 16)  # to the teacher's 32 channels
+    assert not any("projector" in key for key in [*checkpoint["model"], *checkpoint["ema"]])
+    alignment = checkpoint["config"]["alignment"]
+    assert alignment["encoder"] == "domain" and alignment["sha256"] == sha256_file(teacher_file)
+    assert alignment["teacher_saw"]["count"] == 12
+    # What the official code does with the export: build the model and load 'ema' strictly.
+    kwargs = dict(checkpoint["config"]["model"])
+    model = create_model(kwargs.pop("model_type"), **kwargs)
+    model.load_state_dict(checkpoint["ema"], strict=True)
+    model, _ = load_dit(tmp_path / "dit.pt")
+    assert model(torch.zeros(1, 4, 16, 16), torch.ones(1), torch.zeros(1, dtype=torch.long)).shape == (1, 4, 16, 16)
+
+
+def test_low_data_repa_refuses_the_full_teacher(teacher_file, tiny_latents, tiny_manifest, tmp_path):
+    with pytest.raises(TeacherMismatchError, match="trained on 12 images"):
+        repa_training(tiny_latents, tiny_manifest, tmp_path, teacher_file, "--per-user", "2")
+
+
+def test_low_data_dag_builds_one_teacher_per_k(tmp_path):
+    config = TINY | {
+        "evaluation": TINY["evaluation"] | {"low_data_k": [1, 2]},
+        "vae": TINY["vae"] | {"use_vf": "domain"},
+        "dit": TINY["dit"] | {"repa": {"weight": 0.5, "depth": 1}},
+    }
+    result = snakemake(tmp_path, "-n", "--printshellcmds", config=config)
+    jobs = planned_jobs(result)
+    assert {"train_teacher", "train_teacher_low_data", "train_dit_low_data"} <= jobs
+    output = result.stdout + result.stderr
+    for k in (1, 2):
+        assert f"--out-dir results/lowdata/k{k}/teacher" in output and f"--per-user {k} --subset-seed 0" in output
+        assert f"--teacher results/lowdata/k{k}/teacher/teacher.pt" in output
+    assert output.count("-m mdgen.stages.train_teacher ") == 3
+    assert "--teacher results/teacher/teacher.pt" in output  # the VA-VAE's and the main DiT's
+
+
+def test_without_alignment_no_teacher_is_planned(tmp_path):
+    assert not {"train_teacher", "train_teacher_low_data"} & planned_jobs(snakemake(tmp_path, "-n", config=TINY))
+
+
+def test_generation_json_records_what_each_teacher_saw(teacher_file, tiny_manifest, tmp_path):
+    from test_evaluate_generation import noise_samples, run
+
+    samples = noise_samples(tmp_path / "samples")
+    assert teach(tiny_manifest, tmp_path / "k2", "--per-user", "2") == 0
+    k2_teacher = tmp_path / "k2" / "teacher.pt"
+    results = run(
+        tiny_manifest,
+        samples,
+        tmp_path / "eval",
+        f"--low-data=2={samples}",
+        f"--teacher=real_train={teacher_file}",
+        f"--teacher=k2={k2_teacher}",
+    )
+    assert results["teacher_saw"] == "real_train" and results["low_data"]["k2"]["teacher_saw"] == "k2"
+    assert results["teachers"]["real_train"]["count"] == 12 and results["teachers"]["k2"]["count"] == 6
+    assert results["teachers"]["k2"]["sha256"] == sha256_file(k2_teacher)
+    with pytest.raises(SystemExit, match="must see only what the generator sees"):
+        run(tiny_manifest, samples, tmp_path / "leak", f"--low-data=2={samples}", f"--teacher=k2={teacher_file}")
