@@ -216,3 +216,20 @@ def test_low_data_training_uses_exactly_the_per_user_draw(tiny_latents, tmp_path
     store = open_latent_store(latents / "train.zarr")
     expected = [store.paths[i] for i in per_user_subset(store.labels, 2, 5)]
     assert subset == {"per_user": 2, "seed": 5, "paths": expected} and len(expected) == 3 * 2
+
+
+def test_fidelity_probe_logs_both_judges_on_schedule(tiny_latents, tiny_manifest, tmp_path):
+    latents, vae = tiny_latents
+    config = tiny_config(
+        dit={"trainer": {"max_steps": 7}},
+        logging={"fidelity_every_n_steps": 3, "fidelity_per_user": 2},
+        evaluation={"classifier": {"epochs": 2}},
+    )
+    argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    with pytest.raises(SystemExit, match="pass --manifest"):
+        train_dit.main(argv)
+    assert train_dit.main([*argv, "--manifest", str(tiny_manifest)]) == 0
+    for name in ("probe/fidelity", "probe/fidelity_recon_judge"):
+        logged = metric(tmp_path / "metrics.csv", name)
+        # after steps 3 and 6 and the last one, 7 (the CSV counts steps from 0)
+        assert [step for step, _ in logged] == [2, 5, 6] and all(0 <= value <= 1 for _, value in logged), (name, logged)

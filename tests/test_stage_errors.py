@@ -8,9 +8,9 @@ from conftest import tiny_config, write_vae_eval
 
 from mdgen.config import load_config
 from mdgen.models.lightningdit import create_model
+from mdgen.sampling import guided_velocity
 from mdgen.stages.evaluate_generation import main as evaluate
 from mdgen.stages.evaluate_generation import parse_low_data
-from mdgen.stages.sample import guided_velocity
 
 
 def test_config_without_a_needed_section_names_it():

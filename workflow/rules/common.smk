@@ -201,21 +201,37 @@ def vae_sections():
     )
 
 
-def repa_inputs(teacher):
-    """train_dit's inputs for REPA: the clean images (manifest) and the encoder, `teacher` or the
-    dinov2/mae weights; none when dit.repa.weight is 0."""
+def fidelity_probe():
+    """Whether train_dit runs the fidelity probe (logging.fidelity_every_n_steps)."""
+    return config["logging"]["fidelity_every_n_steps"] > 0
+
+
+def dit_inputs(teacher):
+    """train_dit's optional inputs: the real images (manifest) for REPA's encoder and the fidelity
+    probe's judges, and REPA's encoder, `teacher` or the dinov2/mae weights."""
     repa = config["dit"]["repa"]
-    if repa["weight"] == 0:
-        return {}
+    inputs = {}
+    if repa["weight"] > 0 or fidelity_probe():
+        inputs["manifest"] = "results/dataset/manifest.csv"
     if repa_teacher():
-        return {"manifest": "results/dataset/manifest.csv", "teacher": teacher}
-    return {"manifest": "results/dataset/manifest.csv"} | (
-        {"encoder_weights": repa["weights"]} if repa["weights"] else {}
-    )
+        inputs["teacher"] = teacher
+    elif repa["weight"] > 0 and repa["weights"]:
+        inputs["encoder_weights"] = repa["weights"]
+    return inputs
+
+
+def dit_config():
+    """train_dit's --config: the fidelity probe also reads the sampling settings and the judges'
+    recipe (neither is part of what training resumes by: a change only re-exports)."""
+    if fidelity_probe():
+        return stage_config(
+            "dit", "logging", "sample", evaluation=("seeds", "classifier")
+        )
+    return stage_config("dit", "logging")
 
 
 def alignment_args(wildcards, input):
-    """--manifest/--teacher for a stage whose inputs came from vf_teacher or repa_inputs."""
+    """--manifest/--teacher for a stage whose inputs came from vf_teacher or dit_inputs."""
     return " ".join(
         f"--{name} {getattr(input, name)}"
         for name in ("manifest", "teacher")

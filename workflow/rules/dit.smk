@@ -3,7 +3,7 @@
 
 rule train_dit:
     input:
-        **repa_inputs("results/teacher/teacher.pt"),
+        **dit_inputs("results/teacher/teacher.pt"),
         train="results/latents/train.zarr",
         val="results/latents/val.zarr",
         vae="results/vae/vavae.pt",
@@ -28,7 +28,7 @@ rule train_dit:
         launch=launcher("dit"),
         latents=lambda wildcards, input: Path(input.train).parent,
         out_dir=lambda wildcards, output: Path(output.dit).parent,
-        config=stage_config("dit", "logging"),
+        config=dit_config(),
         subset="",
         alignment=alignment_args,
     shell:
@@ -71,7 +71,7 @@ rule sample:
 
 use rule train_dit as train_dit_low_data with:
     input:
-        **repa_inputs("results/lowdata/k{k}/teacher/teacher.pt"),
+        **dit_inputs("results/lowdata/k{k}/teacher/teacher.pt"),
         train="results/latents/train.zarr",
         val="results/latents/val.zarr",
         vae="results/vae/vavae.pt",
@@ -87,7 +87,7 @@ use rule train_dit as train_dit_low_data with:
         launch=launcher("dit"),
         latents=lambda wildcards, input: Path(input.train).parent,
         out_dir=lambda wildcards, output: Path(output.dit).parent,
-        config=stage_config("dit", "logging"),
+        config=dit_config(),
         subset=lambda wildcards: f"--per-user {wildcards.k} --subset-seed {config['evaluation']['low_data_seed']}",
         alignment=alignment_args,
 

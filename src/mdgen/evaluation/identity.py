@@ -21,9 +21,10 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from mdgen.data.dataset import to_tensor, to_uint8
-from mdgen.evaluation.classifier import predict, Recipe, train_classifier
+from mdgen.data.dataset import class_label, MicroDopplerDataset, to_tensor, to_uint8
+from mdgen.evaluation.classifier import load_images, predict, Recipe, train_classifier
 from mdgen.evaluation.study import summary
 
 
@@ -112,3 +113,19 @@ def format_identity_table(rows: dict[str, dict]) -> str:
         )
         lines.append(f"{generator:>12}{cells}")
     return "\n".join(lines)
+
+
+def probe_judges(manifest: str, vae, data: dict, recipe: Recipe, seed: int, batch_size: int = 32) -> dict:
+    """The two judges of the DiT's fidelity probe, trained on all real train images of the manifest:
+    {"fidelity": the real judge, "fidelity_recon_judge": the judge trained on the VA-VAE's
+    reconstructions of them}. Samples pass the decoder like reconstructions do, so the second
+    judge measures what the DiT alone loses."""
+    train = MicroDopplerDataset(manifest, "train", data["size"], data["channels"])
+    labels = torch.tensor([class_label(row["user_id"]) for row in train.rows])
+    real = load_images([row["path"] for row in train.rows], data["channels"], recipe.size)
+    batches = (batch["image"] for batch in DataLoader(train, batch_size=batch_size, shuffle=False))
+    reconstructions = judge_view(reconstruct(vae, batches), recipe.size)
+    return {
+        "fidelity": train_classifier(real, labels, data["num_classes"], recipe, seed),
+        "fidelity_recon_judge": train_classifier(reconstructions, labels, data["num_classes"], recipe, seed),
+    }

@@ -23,6 +23,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from mdgen.config import load_config
 from mdgen.data.dataset import MicroDopplerDataset, per_user_subset
 from mdgen.data.latents import LatentDataModule, sha256_file
+from mdgen.evaluation.classifier import Recipe
+from mdgen.evaluation.identity import probe_judges
 from mdgen.launch import die_with_launcher
 from mdgen.losses import FoundationModel
 from mdgen.models.lightningdit import dit_kwargs, registry_size, save_official
@@ -30,7 +32,7 @@ from mdgen.models.teacher import load_teacher
 from mdgen.models.vavae import load_vavae
 from mdgen.training import device_from_config, fit, prepare_work_dir, say, trainer_from_config, write_curves
 from mdgen.training.dit import DiTTraining, encoder_tokens
-from mdgen.training.pictures import SamplePictures
+from mdgen.training.pictures import FidelityProbe, SamplePictures
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
     args = parse_args(argv)
     config = load_config(args.config, "data", "dit", "logging")
-    logging = config["logging"]  # not part of what training resumes by: changing it never restarts
+    # Not part of what training resumes by: changing them never restarts training.
+    logging, sample, evaluation = config["logging"], config["sample"], config["evaluation"]
     config = {"data": {k: config["data"][k] for k in ("size", "channels", "num_classes")}, "dit": config["dit"]}
     dit_config = config["dit"]
     pl.seed_everything(dit_config["seed"], workers=True)
@@ -132,6 +135,23 @@ def main(argv: list[str] | None = None) -> int:
         pictures.append(
             SamplePictures(vae, users, latent_shape, data.train.mean, data.train.std, logging["images_every_n_steps"])
         )
+    if logging["fidelity_every_n_steps"]:
+        if args.manifest is None:
+            raise SystemExit(
+                "the fidelity probe (logging.fidelity_every_n_steps) judges against real images: pass --manifest"
+            )
+        recipe = Recipe(**evaluation["classifier"])
+        vae = load_vavae(args.vae, use_vf=None)
+        say(f"Fidelity probe every {logging['fidelity_every_n_steps']} steps: training its judges ({recipe})")
+        judges = probe_judges(args.manifest, vae, config["data"], recipe, evaluation["seeds"][0])
+        schedule = {
+            "every_n_steps": logging["fidelity_every_n_steps"],
+            "per_user": logging["fidelity_per_user"],
+            "num_classes": config["data"]["num_classes"],
+        }
+        pictures.append(
+            FidelityProbe(vae, judges, recipe.size, latent_shape, data.train.mean, data.train.std, sample, **schedule)
+        )
     trainer = trainer_from_config(
         dit_config["trainer"],
         work_dir,
@@ -177,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loss terms": ["train/mse", "train/cosine", "train/repa"],
                 "gradient norm (before clipping)": ["train/grad_norm"],
                 "throughput (latents/s)": ["train/latents_per_s"],
+                "fidelity probe (samples recognised as their user)": ["probe/fidelity", "probe/fidelity_recon_judge"],
             },
         )
         print(

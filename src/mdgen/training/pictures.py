@@ -1,5 +1,5 @@
 """Training progress as pictures in TensorBoard: what the VA-VAE makes of a few val images, and
-what the DiT samples for a few users, every few hundred steps.
+what the DiT samples for a few users, every few hundred steps; and the DiT's fidelity probe.
 
 Cheap by design (a handful of images, a few sampling steps) and only on rank 0; without a
 TensorBoard logger on the Trainer the callbacks do nothing.
@@ -12,6 +12,10 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
+from mdgen.data.dataset import to_uint8
+from mdgen.evaluation.classifier import predict
+from mdgen.evaluation.identity import judge_view
+from mdgen.sampling import sample_user
 from mdgen.transport import sample_ode
 
 PICTURE_SAMPLING_STEPS = 10
@@ -84,3 +88,54 @@ class SamplePictures(EveryNSteps):
         self.vae.to(device)
         images = self.vae.decode(latents * self.std.to(device) + self.mean.to(device))
         return "samples (one per user, EMA)", images, len(images)
+
+
+class FidelityProbe(pl.Callback):
+    """Steps-to-fidelity: every `every_n_steps` (and after the last step), `per_user` samples of
+    every user from the EMA weights, sampled as the `sample` stage does (`settings`: the sample
+    section), decoded, and classified by each judge: logged as `probe/<judge name>`, the fraction
+    recognised as their user.
+
+    judges: {name: classifier} taking images at `judge_size` in [-1, 1] (see
+    mdgen.evaluation.identity.judge_view: samples are judged as the PNG files they would be).
+    """
+
+    def __init__(self, vae, judges: dict, judge_size: int, latent_shape, mean, std, settings: dict, **schedule):
+        self.vae = vae.eval().requires_grad_(False)
+        self.judges, self.judge_size = judges, judge_size
+        self.latent_shape, self.settings = latent_shape, settings
+        self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+        self.every_n_steps, self.per_user, self.num_classes = (
+            schedule["every_n_steps"],
+            schedule["per_user"],
+            schedule["num_classes"],
+        )
+        self._last = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step // self.every_n_steps > self._last // self.every_n_steps or step == trainer.max_steps:
+            self._last = step
+            self.measure(pl_module)
+
+    @torch.no_grad()
+    def measure(self, pl_module) -> dict[str, float]:
+        device, was_training = pl_module.device, pl_module.training
+        pl_module.eval()  # in training mode the DiT would drop labels
+        self.vae.to(device)
+        mean, std = self.mean.to(device), self.std.to(device)
+        images, labels = [], []
+        for user in range(self.num_classes):
+            decoded = sample_user(
+                pl_module.ema, self.vae, user, self.per_user, self.settings, self.latent_shape, mean, std
+            )
+            images += to_uint8(decoded)
+            labels += [user] * len(decoded)
+        view, labels = judge_view(images, self.judge_size), torch.tensor(labels)
+        scores = {
+            f"probe/{name}": (predict(judge, view)[0].cpu() == labels).float().mean().item()
+            for name, judge in self.judges.items()
+        }
+        pl_module.train(was_training)
+        pl_module.log_dict(scores)
+        return scores
