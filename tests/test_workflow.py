@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 import zarr
 from conftest import TINY as TINY_MODELS
@@ -222,6 +223,33 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
     for name, (change, expected) in changes.items():
         changed = {section: TINY.get(section, {}) | change.get(section, {}) for section in TINY | change}
         assert planned_jobs(snakemake(tmp_path, "-n", config=changed)) == set(expected), name
+
+
+def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):
+    """The issue's command on tiny sizes: VF loss and REPA against the teacher, a low-data generator
+    with its own teacher, and the fidelity probe, end to end."""
+    config = TINY | {
+        "teacher": {"width": 4, "size": 32, "epochs": 3, "batch_size": 4},
+        "vae": TINY["vae"] | {"use_vf": "domain"},
+        "dit": TINY["dit"] | {"repa": {"weight": 0.5, "depth": 1, "projector_dim": 16}},
+        "evaluation": TINY["evaluation"] | {"low_data_k": [2]},
+        "logging": {"fidelity_every_n_steps": 10, "fidelity_per_user": 1, "tensorboard": False},
+    }
+    result = snakemake(tmp_path, "--cores", "2", config=config)
+    assert result.returncode == 0, result.stderr + (tmp_path / "results/logs").joinpath("train_dit.log").read_text()
+    teacher, low_data_teacher = (
+        json.loads((tmp_path / f"results/{where}teacher/teacher.json").read_text())["saw"]
+        for where in ("", "lowdata/k2/")
+    )
+    assert (teacher["count"], low_data_teacher["count"]) == (12, 4 * 2)
+    vae = torch.load(tmp_path / "results/vae/vavae.pt", weights_only=True)
+    dit = torch.load(tmp_path / "results/dit/dit.pt", weights_only=True)
+    assert vae["config"]["teacher_sha256"] == dit["config"]["alignment"]["sha256"]
+    assert "repa_projector" in dit and "train/repa" in read_csv(tmp_path / "results/dit/metrics.csv")[0]
+    assert any(row.get("probe/fidelity") for row in read_csv(tmp_path / "results/dit/metrics.csv"))
+    generation = json.loads((tmp_path / "results/eval/generation.json").read_text())
+    assert generation["teacher_saw"] == "real_train" and generation["low_data"]["k2"]["teacher_saw"] == "k2"
+    assert generation["teachers"]["k2"]["fingerprint"] == low_data_teacher["fingerprint"]
 
 
 @pytest.fixture
