@@ -233,3 +233,28 @@ def test_fidelity_probe_logs_both_judges_on_schedule(tiny_latents, tiny_manifest
         logged = metric(tmp_path / "metrics.csv", name)
         # after steps 3 and 6 and the last one, 7 (the CSV counts steps from 0)
         assert [step for step, _ in logged] == [2, 5, 6] and all(0 <= value <= 1 for _, value in logged), (name, logged)
+
+
+def test_non_finite_gradients_stop_training_before_the_step_and_keep_the_last_checkpoint(
+    tiny_latents, tmp_path, monkeypatch
+):
+    import mdgen.training.dit as dit_training
+
+    calls = {"count": 0}
+    real_loss = dit_training.training_loss
+
+    def loss_that_turns_nan(*args, **kwargs):
+        losses = real_loss(*args, **kwargs)
+        calls["count"] += torch.is_grad_enabled()  # training steps only, not validation
+        if calls["count"] == 7:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(dit_training, "training_loss", loss_that_turns_nan)
+    config = tiny_config(dit={"trainer": {"max_steps": 20}, "val_every_n_steps": 100})
+    with pytest.raises(SystemExit, match=r"non-finite gradients at step 6 .*last\.ckpt"):
+        train(tiny_latents, tmp_path, config)
+    assert not (tmp_path / "dit.pt").exists()
+    checkpoint = torch.load(tmp_path / "training/checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 4  # written every 4 steps, before the fault
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())

@@ -218,3 +218,21 @@ def test_official_f16d32_state_dict_loads_strictly_into_the_paper_preset_model()
     report = model.load_pretrained({"state_dict": state})
     assert len(report.loaded) == len(official) == len(model.state_dict())
     assert set(report.dropped) == {"loss.", "foundation_model."}
+
+
+def test_non_finite_gradients_stop_the_vae_before_the_step(tiny_manifest, tmp_path, monkeypatch):
+    calls = {"count": 0}
+    real_loss = vavae_training.VAVAETraining._autoencoder_loss
+
+    def loss_that_turns_nan(self, *args):
+        loss, log = real_loss(self, *args)
+        calls["count"] += torch.is_grad_enabled()  # training steps only, not validation
+        return (loss * float("nan"), log) if calls["count"] == 5 else (loss, log)
+
+    monkeypatch.setattr(vavae_training.VAVAETraining, "_autoencoder_loss", loss_that_turns_nan)
+    with pytest.raises(SystemExit, match="VAVAETraining: non-finite gradients at step 8 "):
+        run(tiny_manifest, tmp_path, tiny_config())  # two optimizer steps per batch: the 5th batch starts at 8
+    assert not (tmp_path / "vavae.pt").exists()
+    checkpoint = torch.load(tmp_path / "training/checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 8
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())

@@ -86,6 +86,34 @@ class DistinctNoisePerRank(pl.Callback):
             torch.manual_seed(self.seed + 1_000_003 * trainer.global_rank)
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or Inf gradients."""
+
+
+class StopOnNonFinite(pl.Callback):
+    """Stops training at the first optimizer step whose gradients hold NaN or Inf, before that step
+    changes any weight, naming the step and the first parameters hit. Checkpoints are written after
+    finite steps only, so the last one stays good to resume from, and the stage exports nothing.
+
+    Under 16-bit mixed precision the GradScaler finds non-finite gradients itself and skips those
+    steps (they are how it tunes its scale), so the check is off there.
+    """
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if str(trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            return
+        hit = [name for name, p in pl_module.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+        raise NonFiniteError(
+            f"non-finite gradients at step {trainer.global_step} (epoch {trainer.current_epoch}) in {len(hit)} "
+            f"parameter(s), first {', '.join(hit[:3])}: training stopped before the step, and nothing is exported. "
+            f"The last checkpoint ({trainer.default_root_dir}/checkpoints/last.ckpt) is from an earlier, finite "
+            "step and a rerun resumes from it; if the fault repeats, lower the learning rate or check the data."
+        )
+
+
 def trainer_from_config(
     trainer_config: dict,
     work_dir: Path,
@@ -121,7 +149,7 @@ def trainer_from_config(
     )
     shown = training_progress()
     settings |= {"enable_progress_bar": shown["enable_progress_bar"]}
-    settings["callbacks"] = [*callbacks, DistinctNoisePerRank(seed), *shown["callbacks"]]
+    settings["callbacks"] = [*callbacks, DistinctNoisePerRank(seed), StopOnNonFinite(), *shown["callbacks"]]
     return pl.Trainer(**(settings | overrides))
 
 
@@ -134,7 +162,10 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule, resume_from
         + f" ({trainer.world_size} processes, {trainer.strategy.__class__.__name__}), precision {trainer.precision}"
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except NonFiniteError as error:
+        raise SystemExit(f"{type(module).__name__}: {error}") from None
     return time.perf_counter() - start
 
 
