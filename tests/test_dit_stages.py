@@ -258,3 +258,14 @@ def test_non_finite_gradients_stop_training_before_the_step_and_keep_the_last_ch
     checkpoint = torch.load(tmp_path / "training/checkpoints/last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 4  # written every 4 steps, before the fault
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+
+
+def test_sampling_refuses_a_damaged_export_by_name(trained, tiny_latents, tmp_path):
+    out, config = trained
+    damaged = tmp_path / "dit.pt"
+    damaged.write_bytes((out / "dit.pt").read_bytes()[:5000])
+    _, vae = tiny_latents
+    argv = ["--dit", str(damaged), "--vae", str(vae), "--out-dir", str(tmp_path / "samples")]
+    with pytest.raises(ValueError, match=f"{damaged} cannot be read as a torch checkpoint .*damaged or incomplete"):
+        sample([*argv, "--config", json.dumps(config)])
+    assert not (tmp_path / "samples").exists()

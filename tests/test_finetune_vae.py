@@ -124,6 +124,21 @@ def test_changed_config_starts_over(tiny_manifest, tmp_path, capsys):
     assert "configuration changed" in output and "Resuming" not in output
 
 
+def test_a_truncated_last_checkpoint_is_set_aside_and_training_starts_over(tiny_manifest, tmp_path, capsys):
+    config = tiny_config(vae={"trainer": {"max_steps": 8}})
+    assert run(tiny_manifest, tmp_path, config) == 0
+    last = tmp_path / "training/checkpoints/last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # as a kill during the write leaves it
+    (tmp_path / "vavae.pt").unlink()
+    capsys.readouterr()
+    assert run(tiny_manifest, tmp_path, config) == 0
+    output = capsys.readouterr().out
+    assert "last.ckpt cannot be read" in output and "starting over" in output and "Resuming" not in output
+    assert (tmp_path / "training/checkpoints/last.ckpt.unreadable").exists()
+    assert torch.load(last, weights_only=False)["global_step"] == 8  # a new, complete one
+    assert (tmp_path / "vavae.pt").exists()
+
+
 def test_finetune_from_an_official_checkpoint_reports_what_it_loaded(tiny_manifest, tmp_path, capsys):
     config = tiny_config(vae={"trainer": {"max_steps": 4}})
     source = VAVAE(**vavae_kwargs(config) | {"use_vf": "dinov2"})

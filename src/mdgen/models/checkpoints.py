@@ -78,6 +78,13 @@ def read_checkpoint(path_or_checkpoint, layout: str) -> tuple[str | None, Mappin
             f"trust the file, load it with torch.load(path, map_location='cpu', weights_only=False) and pass "
             f"the dict to load_pretrained."
         ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"{path} cannot be read as a torch checkpoint ({type(error).__name__}: {error}): the file is damaged or "
+            "incomplete (a copy cut short, a full disk). Rerun the stage that writes it."
+        ) from error
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, expected {layout}")
     return path, checkpoint

@@ -61,13 +61,30 @@ def prepare_work_dir(work_dir: Path, config: dict) -> Path | None:
         saved = None
     last = work_dir / "checkpoints" / "last.ckpt"
     resume_from = last if saved == fingerprint and last.exists() else None
+    unreadable = resume_from and unreadable_checkpoint(resume_from)
+    if unreadable:
+        resume_from = None
     if is_rank_zero():
         if saved is not None and saved != fingerprint:
             print(f"The configuration changed since {work_dir} was written: starting over.")
             shutil.rmtree(work_dir)
+        if unreadable:
+            kept = last.with_name("last.ckpt.unreadable")
+            last.replace(kept)
+            print(f"{last} cannot be read ({unreadable}), e.g. cut short by a crash: starting over; kept as {kept}.")
         with atomic_output(stamp) as tmp:
             tmp.write_text(json.dumps({"hash": fingerprint, "config": config}, indent=1))
     return resume_from
+
+
+def unreadable_checkpoint(path: Path) -> str | None:
+    """Why torch cannot open a checkpoint (a file cut short by a kill or a full disk), or None.
+    Memory-mapped: the check reads the archive's index, not the tensors."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # any failure to open means the file cannot be resumed from
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 class DistinctNoisePerRank(pl.Callback):
