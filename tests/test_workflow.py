@@ -252,6 +252,29 @@ def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):
     assert generation["teachers"]["k2"]["fingerprint"] == low_data_teacher["fingerprint"]
 
 
+def test_usable_as_a_snakemake_module(tmp_path):
+    """A folder with only a Snakefile that imports the workflow (local-path form) and its own config
+    runs the whole pipeline, with every output in that folder."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(TINY | {"logging": {"tensorboard": False}}))
+    (tmp_path / "Snakefile").write_text(
+        f'configfile: "config/config.yaml"\n\n\nmodule mdgen:\n    snakefile:\n        "{REPO / "Snakefile"}"\n'
+        "    config:\n        config\n\n\nuse rule * from mdgen\n"
+    )
+    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for output in (
+        "results/dataset/manifest.csv",
+        "results/vae/vavae.pt",
+        "results/dit/dit.pt",
+        "results/eval/generation.json",
+    ):
+        assert (tmp_path / "results" / output).stat().st_size > 0, output
+    assert len(list((tmp_path / "results/samples").glob("user_*/*.png"))) == 4 * 2
+
+
 @pytest.fixture
 def user_folder(tmp_path):
     """A user's own data set (2 users) with one text file posing as a PNG."""

@@ -24,9 +24,14 @@ def typed_cli_values(value, schema):
     return value
 
 
+# Paths of this workflow's own files go through the file that names them, not workflow.basedir or
+# the working directory: used as a module (README: Using mdgen as a Snakemake module), the main
+# Snakefile and the working directory are the user's.
 SCHEMA = yaml.safe_load(
-    Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()
+    Path(workflow.source_path("../schemas/config.schema.yaml")).read_text()
 )
+# This checkout, when the workflow runs from a local one (a clone, or a module with a local path).
+CHECKOUT = Path(str(workflow.current_basedir)).parents[1]
 config.update(typed_cli_values(dict(config), SCHEMA))
 
 # Fill defaults and check the config. On error, name the key and the problem instead of
@@ -50,10 +55,10 @@ USERS = [f"user_{index:02d}" for index in range(config["data"]["num_classes"])]
 # Stage scripts run as `python -m mdgen.<stage>`. Put this checkout's package first on the path,
 # so that a conda env (--sdm conda), which holds only the dependencies, runs this workflow's code.
 # (Snakemake formats the prefix with the command: {{ }} is a literal brace.)
-shell.prefix(
-    'export PYTHONPATH="%s${{PYTHONPATH:+:$PYTHONPATH}}"; '
-    % (Path(workflow.basedir) / "src")
-)
+if (CHECKOUT / "src" / "mdgen").is_dir():
+    shell.prefix(
+        'export PYTHONPATH="%s${{PYTHONPATH:+:$PYTHONPATH}}"; ' % (CHECKOUT / "src")
+    )
 
 
 def dataset_root():
