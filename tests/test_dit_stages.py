@@ -269,3 +269,20 @@ def test_sampling_refuses_a_damaged_export_by_name(trained, tiny_latents, tmp_pa
     with pytest.raises(ValueError, match=f"{damaged} cannot be read as a torch checkpoint .*damaged or incomplete"):
         sample([*argv, "--config", json.dumps(config)])
     assert not (tmp_path / "samples").exists()
+
+
+def test_training_starts_from_a_released_checkpoint_with_1000_classes(tiny_latents, tmp_path, capsys):
+    torch.manual_seed(1)
+    released = create_model("LightningDiT-Micro/1", num_classes=1000, input_size=16, in_channels=4)
+    state = released.state_dict()
+    torch.save({"model": state, "ema": state, "opt": {}, "config": {}}, tmp_path / "imagenet.pt")
+    config = tiny_config(dit={"trainer": {"max_steps": 3}, "weight_init": str(tmp_path / "imagenet.pt")})
+    assert train(tiny_latents, tmp_path / "out", config) == 0
+    output = capsys.readouterr().out
+    assert "y_embedder.embedding_table.weight: (1001, 64) -> (4, 64)" in output
+    exported = torch.load(tmp_path / "out/dit.pt", weights_only=True)
+    # Three steps from the released weights: near them, not equal, and the null row carried over.
+    moved = (exported["model"]["blocks.0.attn.qkv.weight"] - state["blocks.0.attn.qkv.weight"]).abs().max()
+    assert 0 < moved < 0.05
+    null_row = exported["model"]["y_embedder.embedding_table.weight"][3]
+    assert (null_row - state["y_embedder.embedding_table.weight"][1000]).abs().max() < 0.05

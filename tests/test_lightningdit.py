@@ -9,8 +9,11 @@ import torch
 from mdgen.models.lightningdit import (
     CheckpointMismatchError,
     create_model,
+    LABEL_TABLE,
     LightningDiT,
     LightningDiT_models,
+    PretrainedReport,
+    transfer_state,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -376,3 +379,58 @@ def test_strict_loading_names_missing_unexpected_and_mismatched_keys():
     bare = {k: v for k, v in micro().state_dict().items() if not k.startswith("feat_rope")}
     with pytest.raises(CheckpointMismatchError, match=r"missing from the checkpoint \(2\):\n +feat_rope.freqs_cos"):
         model.load_pretrained(bare)
+
+
+def imagenet_checkpoint(path, **size):
+    """An official-layout training checkpoint of a 1000-class model (random weights) at a small size."""
+    torch.manual_seed(1)
+    model = create_model("LightningDiT-Micro/1", num_classes=1000, **size)
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "opt": {}, "config": {}}, path)
+    return model.state_dict()
+
+
+def test_transfer_from_imagenet_resizes_only_the_label_table(tmp_path):
+    source = imagenet_checkpoint(tmp_path / "imagenet.pt", input_size=8, in_channels=4)
+    torch.manual_seed(0)
+    model = create_model("LightningDiT-Micro/1", num_classes=31, input_size=8, in_channels=4)
+    report = model.load_pretrained(tmp_path / "imagenet.pt", transfer=True)
+    table, old = model.y_embedder.embedding_table.weight.detach(), source["y_embedder.embedding_table.weight"]
+    assert table.shape == (32, 64) and torch.equal(table[31], old[1000])  # the null row carried over
+    deviation = (table[:31] - old[:1000].mean(dim=0)).std() / old[:1000].std()
+    assert 0.05 < deviation < 0.2  # users start at the mean class row, told apart by a little noise
+    assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items() if k != LABEL_TABLE)
+    assert len(report.adapted) == 1 and "(1001, 64) -> (32, 64)" in str(report)
+
+
+def test_transfer_recomputes_position_tables_for_another_grid(tmp_path):
+    source = imagenet_checkpoint(tmp_path / "imagenet.pt", input_size=16, in_channels=4)
+    model = create_model("LightningDiT-Micro/1", num_classes=31, input_size=8, in_channels=4)
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    report = model.load_pretrained(tmp_path / "imagenet.pt", transfer=True)
+    for name in ("pos_embed", "feat_rope.freqs_cos", "feat_rope.freqs_sin"):
+        assert torch.equal(model.state_dict()[name], own[name]) and not torch.equal(own[name], source[name][..., :1, :])
+    assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], source["blocks.0.attn.qkv.weight"])
+    assert len(report.adapted) == 4
+
+
+def test_transfer_still_refuses_other_channels_and_depth_by_key(tmp_path):
+    imagenet_checkpoint(tmp_path / "imagenet.pt", input_size=8, in_channels=4)
+    model = create_model("LightningDiT-Micro/1", num_classes=31, input_size=8, in_channels=8)
+    with pytest.raises(CheckpointMismatchError, match=r"x_embedder\.proj\.weight: checkpoint \(64, 4, 1, 1\)"):
+        model.load_pretrained(tmp_path / "imagenet.pt", transfer=True)
+    deeper = LightningDiT(
+        input_size=8, patch_size=1, in_channels=4, hidden_size=64, depth=3, num_heads=2, num_classes=31
+    )
+    with pytest.raises(CheckpointMismatchError, match=r"missing from the checkpoint[\s\S]*blocks\.2\."):
+        deeper.load_pretrained(tmp_path / "imagenet.pt", transfer=True)
+
+
+def test_transfer_at_the_released_xl_size_fits_shapes_only():
+    """The released LightningDiT-XL/1 (1000 classes, 16 × 16 × 32 latents) onto 31 users, on the
+    meta device: every shape is checked, no memory is spent."""
+    with torch.device("meta"):
+        released = create_model("LightningDiT-XL/1", num_classes=1000, input_size=16, in_channels=32)
+        model = create_model("LightningDiT-XL/1", num_classes=31, input_size=16, in_channels=32)
+    state = transfer_state(model, released.state_dict(), PretrainedReport(path=None))
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert state[LABEL_TABLE].shape == (32, 1152)

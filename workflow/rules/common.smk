@@ -104,6 +104,8 @@ def stage_config(*sections, **subsections):
 def pretrained_files(section):
     """Local weight files a stage loads (as inputs: a missing one stops the run before it starts)."""
     settings = config[section]
+    if section == "dit":
+        return [settings["weight_init"]] if settings["weight_init"] else []
     paths = [
         settings["weight_init"],
         settings["foundation"]["weights"] if settings["use_vf"] else None,

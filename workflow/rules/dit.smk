@@ -4,6 +4,7 @@
 rule train_dit:
     input:
         **dit_inputs("results/teacher/teacher.pt"),
+        pretrained=pretrained_files("dit"),
         train="results/latents/train.zarr",
         val="results/latents/val.zarr",
         vae="results/vae/vavae.pt",
@@ -72,6 +73,7 @@ rule sample:
 use rule train_dit as train_dit_low_data with:
     input:
         **dit_inputs("results/lowdata/k{k}/teacher/teacher.pt"),
+        pretrained=pretrained_files("dit"),
         train="results/latents/train.zarr",
         val="results/latents/val.zarr",
         vae="results/vae/vavae.pt",

@@ -504,7 +504,7 @@ class LightningDiT(nn.Module):
             f"num_classes={self.num_classes}, use_rope={self.use_rope}, use_rmsnorm={self.use_rmsnorm}"
         )
 
-    def load_pretrained(self, path_or_checkpoint, key: str = "ema") -> PretrainedReport:
+    def load_pretrained(self, path_or_checkpoint, key: str = "ema", transfer: bool = False) -> PretrainedReport:
         """Load official or own weights strictly; returns what was loaded and adapted.
 
         Accepts a path (read with torch.load(weights_only=True)) or an already loaded dict: an
@@ -512,6 +512,10 @@ class LightningDiT(nn.Module):
         'ema' for sampling, 'model' for the raw weights) or a bare state dict. A wrapper prefix on
         every key ('module.' from DDP, '_orig_mod.' from torch.compile) is stripped. Every other
         difference raises CheckpointMismatchError, naming the keys and shapes, before any weight changes.
+
+        transfer: start from a model trained on other classes and latent grids (the released ImageNet
+        LightningDiT for 31 users): the label table and the fixed position tables are adapted (see
+        `transfer_state`), every other tensor must still match exactly.
         """
         source, checkpoint = read_checkpoint(path_or_checkpoint, DIT_LAYOUT)
         report = PretrainedReport(path=source)
@@ -526,6 +530,8 @@ class LightningDiT(nn.Module):
                 f"training checkpoints hold 'ema' (for sampling) and 'model'."
             )
         state_dict = _strip_wrapper_prefixes(dict(state_dict), report)
+        if transfer:
+            state_dict = transfer_state(self, state_dict, report)
 
         report.loaded = load_strictly(
             self, state_dict, source, lambda missing: _mismatch_hints(checkpoint.get("config"))
@@ -570,6 +576,57 @@ def _mismatch_hints(checkpoint_config) -> list[str]:
         "use_qknorm, use_swiglu, use_rope, use_rmsnorm, wo_shift, learn_sigma."
     )
     return hints
+
+
+# Tensors that are fixed functions of the latent grid (sin-cos position embedding, rotary tables):
+# on another grid the model's own values are the right ones, and nothing learned is lost.
+POSITION_TABLES = ("pos_embed", "feat_rope.freqs_cos", "feat_rope.freqs_sin")
+LABEL_TABLE = "y_embedder.embedding_table.weight"
+# Spread of the new user rows around the mean class row, relative to the rows' own std: enough to
+# tell users apart at the start, small against what training moves them by.
+USER_ROW_NOISE = 0.1
+
+
+def transfer_state(model: LightningDiT, state_dict: dict, report: PretrainedReport) -> dict:
+    """A checkpoint trained on other classes, as `model`'s state dict (see load_pretrained):
+
+    - the label table (K + 1 rows: K classes and the null label last) becomes num_classes + 1 rows:
+      the null row is the checkpoint's null row (the unconditional velocity CFG relies on), and
+      every user row is the mean of the checkpoint's class rows (a generic "some class" condition)
+      plus Gaussian noise of USER_ROW_NOISE × the rows' std, seeded by torch's global RNG;
+    - the fixed position tables keep the model's values when the latent grid differs.
+
+    Everything else is left for the strict load to check.
+    """
+    state_dict = dict(state_dict)
+    table = state_dict.get(LABEL_TABLE)
+    want = model.state_dict()[LABEL_TABLE]
+    if table is not None and table.shape[1] == want.shape[1] and table.shape[0] != want.shape[0]:
+        if model.null_label is None:
+            raise ValueError(
+                "transferring a label table needs the null label of classifier-free guidance: build the model "
+                "with class_dropout_prob > 0"
+            )
+        classes = table[:-1]  # (K, D); the last row is the null label (official: num_classes = 1000 → row 1000)
+        noise = torch.randn(model.num_classes, table.shape[1], dtype=table.dtype, device=table.device)
+        spread = classes.std()
+        users = classes.mean(dim=0, keepdim=True) + USER_ROW_NOISE * spread * noise
+        state_dict[LABEL_TABLE] = torch.cat([users, table[-1:]])  # (num_classes + 1, D)
+        shown = "" if spread.is_meta else f" {spread.item():.4f}"
+        report.adapted.append(
+            f"{LABEL_TABLE}: {tuple(table.shape)} -> {tuple(want.shape)}: null row from the checkpoint's "
+            f"row {table.shape[0] - 1}, {model.num_classes} user rows = mean of its {len(classes)} class rows "
+            f"+ noise ({USER_ROW_NOISE} × their std{shown})"
+        )
+    own = model.state_dict()
+    for name in POSITION_TABLES:
+        if name in state_dict and name in own and state_dict[name].shape != own[name].shape:
+            report.adapted.append(
+                f"{name}: {tuple(state_dict[name].shape)} -> {tuple(own[name].shape)}: a fixed function of the "
+                "latent grid, recomputed for this one"
+            )
+            state_dict[name] = own[name]
+    return state_dict
 
 
 def _strip_wrapper_prefixes(state_dict: dict, report: PretrainedReport) -> dict:

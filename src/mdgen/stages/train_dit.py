@@ -121,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     say(f"Data: {trained_on} train / {len(data.val)} val latents from {args.latents}, batch {dit_config['batch_size']}")
     if resume_from:
         say(f"Resuming from {resume_from} (optimizer, EMA and step included)")
+    elif dit_config["weight_init"]:
+        report = module.model.load_pretrained(
+            dit_config["weight_init"], key=dit_config["weight_init_key"], transfer=True
+        )
+        module.ema.load_state_dict(module.model.state_dict())
+        say(str(report))
 
     checkpoint_dir = work_dir / "checkpoints"
     last = ModelCheckpoint(
