@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             panels={
                 "loss": ["train/loss", "val/loss"],
                 "loss terms": ["train/mse", "train/cosine", "train/repa"],
+                "does the model use the user label? (val loss saved by it)": ["val/label_gain"],
                 "gradient norm (before clipping)": ["train/grad_norm"],
                 "throughput (latents/s)": ["train/latents_per_s"],
                 "fidelity probe (samples recognised as their user)": ["probe/fidelity", "probe/fidelity_recon_judge"],

@@ -98,7 +98,8 @@ class DiTTraining(pl.LightningModule):
         )
 
     def validation_step(self, batch, batch_idx):
-        """The loss at a fixed grid of t with fixed noise: deterministic, comparable across runs."""
+        """The loss at a fixed grid of t with fixed noise: deterministic, comparable across runs; and
+        the same loss without the label, to see whether the model uses it."""
         latents, labels = batch
         generator = torch.Generator(device=latents.device).manual_seed(self.dit_config["seed"] * 100_003 + batch_idx)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device)
@@ -106,7 +107,16 @@ class DiTTraining(pl.LightningModule):
             "val_timesteps"
         ]
         losses = [self._losses(latents, labels, t=t.expand(len(latents)), noise=noise)["loss"] for t in grid]
-        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True, batch_size=len(latents))
+        loss = torch.stack(losses).mean()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(latents))
+        if self.model.null_label is not None:
+            # Does the model use who is walking? The same loss with the null label instead of the user's:
+            # label_gain is the fraction of the loss the label saves (0: the user is ignored).
+            null = torch.full_like(labels, self.model.null_label)
+            without = [self._losses(latents, null, t=t.expand(len(latents)), noise=noise)["loss"] for t in grid]
+            without = torch.stack(without).mean()
+            self.log("val/loss_without_label", without, sync_dist=True, batch_size=len(latents))
+            self.log("val/label_gain", 1 - loss / without, sync_dist=True, batch_size=len(latents))
 
     def configure_optimizers(self):
         settings = self.dit_config["optimizer"]
