@@ -17,21 +17,18 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mdgen.config import load_config
-from mdgen.data.dataset import MicroDopplerDataset, per_user_subset
-from mdgen.data.latents import LatentDataModule, sha256_file
+from mdgen.data.dataset import per_user_subset
+from mdgen.data.latents import LatentDataModule
 from mdgen.evaluation.classifier import Recipe
 from mdgen.evaluation.identity import probe_judges
 from mdgen.launch import die_with_launcher
-from mdgen.losses import FoundationModel
-from mdgen.models.lightningdit import dit_kwargs, registry_size, save_official
-from mdgen.models.teacher import load_teacher
+from mdgen.models.lightningdit import dit_kwargs, save_official
 from mdgen.models.vavae import load_vavae
 from mdgen.training import device_from_config, fit, prepare_work_dir, say, trainer_from_config, write_curves
-from mdgen.training.dit import DiTTraining, encoder_tokens
+from mdgen.training.dit import DiTTraining, repa_targets
 from mdgen.training.pictures import FidelityProbe, SamplePictures
 
 
@@ -48,18 +45,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--manifest", default=None, help="results/dataset/manifest.csv: the clean images REPA encodes")
     p.add_argument("--teacher", default=None, help="the teacher.pt of dit.repa.encoder domain")
     return p.parse_args(argv)
-
-
-def repa_encoder(repa: dict, teacher: str | None, rows: list[dict]) -> tuple[torch.nn.Module, dict]:
-    """REPA's frozen encoder and what the DiT records about it: the spectrogram teacher, which must
-    have seen exactly the DiT's training images (`rows`), or DINOv2/MAE from dit.repa.weights."""
-    if repa["encoder"] == "domain":
-        if teacher is None:
-            raise SystemExit("dit.repa.encoder domain aligns to the spectrogram teacher: pass --teacher")
-        encoder, saw = load_teacher(teacher, images_seen=rows)
-        return encoder, {"encoder": "domain", "sha256": sha256_file(teacher), "teacher_saw": saw | {"paths": None}}
-    encoder = FoundationModel(repa["encoder"], repa["weights"])
-    return encoder, {"encoder": repa["encoder"], "sha256": sha256_file(repa["weights"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,24 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         config["train_subset"] = {k: v for k, v in subset.items() if k != "paths"}  # part of the resume fingerprint
     latent_shape = tuple(data.train.latents_shape)
     model_kwargs = dit_kwargs(config, latent_shape)
-    repa, alignment, feature_dim = dit_config["repa"], None, None
-    if repa["weight"] > 0:
+    alignment, feature_dim = None, None
+    if dit_config["repa"]["weight"] > 0:
         if args.manifest is None:
             raise SystemExit("dit.repa needs the clean images its encoder sees: pass --manifest")
-        images = MicroDopplerDataset(args.manifest, "train", config["data"]["size"], config["data"]["channels"])
-        if [row["path"] for row in images.rows] != data.train.paths:
-            raise SystemExit(f"{args.manifest} is not the manifest {args.latents / 'train.zarr'} was extracted from")
-        seen = [images.rows[i] for i in (data.train_indices or range(len(images)))]
-        encoder, alignment = repa_encoder(repa, args.teacher, seen)
-        encoder = encoder.to(device_from_config(dit_config["trainer"]["accelerator"]))
-        grid = (model_kwargs["input_size"] // registry_size(model_kwargs["model_type"]).keywords["patch_size"],) * 2
+        device = device_from_config(dit_config["trainer"]["accelerator"])
+        data.train_features, alignment = repa_targets(config, model_kwargs, data, args.manifest, args.teacher, device)
+        feature_dim = data.train_features.shape[-1]
         say(
-            f"REPA: tokens after block {repa['depth']} aligned to {repa['encoder']} features "
-            f"({encoder.feature_dim} channels on the {grid[0]}×{grid[1]} token grid), weight {repa['weight']}"
+            f"REPA: tokens after block {dit_config['repa']['depth']} aligned to {alignment['encoder']} features "
+            f"({feature_dim} channels on the token grid), weight {dit_config['repa']['weight']}"
         )
-        data.train_features = encoder_tokens(encoder, images, grid, dit_config["batch_size"])
-        feature_dim = encoder.feature_dim
-        del encoder
         config["repa_encoder_sha256"] = alignment["sha256"]  # part of the resume fingerprint
     work_dir = args.out_dir / "training"
     resume_from = prepare_work_dir(work_dir, config)

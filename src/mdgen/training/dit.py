@@ -10,8 +10,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mdgen.data.dataset import MicroDopplerDataset
+from mdgen.data.latents import sha256_file
+from mdgen.losses import FoundationModel
 from mdgen.losses.repa import build_projector, repa_loss
-from mdgen.models.lightningdit import build_dit
+from mdgen.models.lightningdit import build_dit, registry_size
+from mdgen.models.teacher import load_teacher
 from mdgen.progress import progress
 from mdgen.transport import training_loss
 
@@ -141,3 +145,25 @@ def encoder_tokens(encoder: torch.nn.Module, images: Dataset, grid: tuple[int, i
         features = encoder(batch["image"].to(device), grid=grid)  # (B, D, grid_h, grid_w)
         tokens.append(features.flatten(2).transpose(1, 2).float().cpu())  # (B, T, D)
     return torch.cat(tokens)
+
+
+def repa_targets(config: dict, model_kwargs: dict, data, manifest: str, teacher: str | None, device) -> tuple:
+    """REPA's targets for every item of the train store, (N, T, D), and what the DiT records about
+    its encoder: the spectrogram teacher (`teacher`, which must have seen exactly the images the DiT
+    trains on: all train images, or the low-data draw `data.train_indices`) or DINOv2/MAE from
+    dit.repa.weights. The images are the manifest's train split, in the store's order."""
+    repa, size, channels = config["dit"]["repa"], config["data"]["size"], config["data"]["channels"]
+    images = MicroDopplerDataset(manifest, "train", size, channels)
+    if [row["path"] for row in images.rows] != data.train.paths:
+        raise SystemExit(f"{manifest} is not the manifest the latent store {data.train_store} was extracted from")
+    if repa["encoder"] == "domain":
+        if teacher is None:
+            raise SystemExit("dit.repa.encoder domain aligns to the spectrogram teacher: pass --teacher")
+        seen = [images.rows[i] for i in (data.train_indices or range(len(images)))]
+        encoder, saw = load_teacher(teacher, images_seen=seen)
+        alignment = {"encoder": "domain", "sha256": sha256_file(teacher), "teacher_saw": saw | {"paths": None}}
+    else:
+        encoder = FoundationModel(repa["encoder"], repa["weights"])
+        alignment = {"encoder": repa["encoder"], "sha256": sha256_file(repa["weights"])}
+    side = model_kwargs["input_size"] // registry_size(model_kwargs["model_type"]).keywords["patch_size"]
+    return encoder_tokens(encoder.to(device), images, (side, side), config["dit"]["batch_size"]), alignment
