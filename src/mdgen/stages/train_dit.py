@@ -128,14 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         vae = load_vavae(args.vae, use_vf=None)
         say(f"Fidelity probe every {logging['fidelity_every_n_steps']} steps: training its judges ({recipe})")
         judges = probe_judges(args.manifest, vae, config["data"], recipe, evaluation["seeds"][0])
-        schedule = {
-            "every_n_steps": logging["fidelity_every_n_steps"],
-            "per_user": logging["fidelity_per_user"],
-            "num_classes": config["data"]["num_classes"],
-        }
-        pictures.append(
-            FidelityProbe(vae, judges, recipe.size, latent_shape, data.train.mean, data.train.std, sample, **schedule)
+        probe = FidelityProbe(
+            vae,
+            judges,
+            recipe.size,
+            latent_shape,
+            data.train.mean,
+            data.train.std,
+            sample,
+            every_n_steps=logging["fidelity_every_n_steps"],
+            per_user=logging["fidelity_per_user"],
+            num_classes=config["data"]["num_classes"],
         )
+        pictures.append(probe)
     trainer = trainer_from_config(
         dit_config["trainer"],
         work_dir,

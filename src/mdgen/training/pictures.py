@@ -100,20 +100,31 @@ class FidelityProbe(pl.Callback):
     mdgen.evaluation.identity.judge_view: samples are judged as the PNG files they would be).
     """
 
-    def __init__(self, vae, judges: dict, judge_size: int, latent_shape, mean, std, settings: dict, **schedule):
+    def __init__(
+        self,
+        vae,
+        judges: dict,
+        judge_size: int,
+        latent_shape,
+        mean,
+        std,
+        settings: dict,
+        *,
+        every_n_steps: int,
+        per_user: int,
+        num_classes: int,
+    ):
         self.vae = vae.eval().requires_grad_(False)
         self.judges, self.judge_size = judges, judge_size
         self.latent_shape, self.settings = latent_shape, settings
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
-        self.every_n_steps, self.per_user, self.num_classes = (
-            schedule["every_n_steps"],
-            schedule["per_user"],
-            schedule["num_classes"],
-        )
+        self.every_n_steps, self.per_user, self.num_classes = every_n_steps, per_user, num_classes
         self._last = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
+        if not trainer.is_global_zero:  # under DDP every rank holds the same EMA: rank 0 measures
+            return
         if step // self.every_n_steps > self._last // self.every_n_steps or step == trainer.max_steps:
             self._last = step
             self.measure(pl_module)
