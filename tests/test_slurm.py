@@ -74,7 +74,7 @@ def kill_when_checkpointed(run: subprocess.Popen, slurm_dir: Path, rule: str, st
     out-of-memory killer or a hand would; return the job's id.
 
     (Not `scancel`: sacct then says "CANCELLED by <uid>", which the plugin (2.8) does not take for
-    an end, and Snakemake would wait forever; see README, Known limits.)
+    an end, and Snakemake would wait forever; see docs/cluster.md, Known limits.)
     """
     import torch
 

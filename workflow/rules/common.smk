@@ -25,7 +25,7 @@ def typed_cli_values(value, schema):
 
 
 # Paths of this workflow's own files go through the file that names them, not workflow.basedir or
-# the working directory: used as a module (README: Using mdgen as a Snakemake module), the main
+# the working directory: used as a module (README.md: Using mdgen as a Snakemake module), the main
 # Snakefile and the working directory are the user's.
 SCHEMA = yaml.safe_load(
     Path(workflow.source_path("../schemas/config.schema.yaml")).read_text()
@@ -142,7 +142,7 @@ def launcher(section):
 def gpu_resources(rule, section, one_process=False):
     """The resources of a GPU rule. GPUs (devices × num_nodes of `section`, or 1 for a
     `one_process` stage), CPUs per GPU, and the memory and runtime config.resources gives the
-    rule. A stage whose section sets accelerator: cpu asks for no GPU. See README, "Running on a
+    rule. A stage whose section sets accelerator: cpu asks for no GPU. See docs/cluster.md, "Running on a
     cluster"."""
     settings = {"devices": 1, "num_nodes": 1} | launch_settings(section)
     if one_process:
@@ -172,7 +172,7 @@ def gpu_resources(rule, section, one_process=False):
     }
 
 
-# Representation alignment (README: Alignment). The teacher and REPA's inputs appear only when the
+# Representation alignment (docs/pipeline.md: Representation alignment). The teacher and REPA's inputs appear only when the
 # config uses them, so that a run without alignment has the DAG it always had.
 
 
