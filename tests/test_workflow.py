@@ -124,6 +124,13 @@ def test_default_config_plans_the_whole_dag():
             "Invalid config at dit.trainer.devices: 0 is less than the minimum of 1",
         ),
         ({"resources": {"gpu_model": "a 100"}}, "Invalid config at resources.gpu_model: 'a 100' does not match"),
+        # Valid alone, not together: refused before any job, with the keys named.
+        (
+            {"vae": {"ddconfig": TINY_MODELS["vae"]["ddconfig"] | {"ch_mult": [1, 2, 2, 2, 2, 2, 2]}}},
+            "data.size 32 is not a multiple of the VA-VAE's downsampling 64",
+        ),
+        ({"evaluation": {"low_data_k": [5]}}, "evaluation.low_data_k [5] asks for more train images per user"),
+        ({"sample": {"per_user": 1}}, "sample.per_user 1 does not cover the largest evaluation.ratios 0.5"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key_named(tmp_path, change, message):

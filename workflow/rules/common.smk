@@ -48,6 +48,43 @@ except WorkflowError as error:
         "Allowed keys, types and defaults: workflow/schemas/config.schema.yaml."
     ) from None
 
+
+def config_conflicts():
+    """Settings that are each valid but do not fit together, found before any job runs: what each
+    would make fail, hours into a run, as 'key: problem' sentences."""
+    data, vae, sample = config["data"], config["vae"], config["sample"]
+    problems = []
+    downsample = 2 ** (len(vae["ddconfig"]["ch_mult"]) - 1)
+    if data["size"] % downsample:
+        problems.append(
+            f"data.size {data['size']} is not a multiple of the VA-VAE's downsampling {downsample} "
+            f"(2 ** (len(vae.ddconfig.ch_mult) - 1), ch_mult {vae['ddconfig']['ch_mult']})"
+        )
+    if data["source"] == "synthetic":
+        per_user = config["simulator"]["train_per_user"]
+        too_many = [k for k in config["evaluation"]["low_data_k"] if k > per_user]
+        if too_many:
+            problems.append(
+                f"evaluation.low_data_k {too_many} asks for more train images per user than "
+                f"simulator.train_per_user {per_user} makes"
+            )
+        needed = round(
+            max(config["evaluation"]["ratios"]) * per_user
+        )  # as the study draws them
+        if sample["per_user"] < needed:
+            problems.append(
+                f"sample.per_user {sample['per_user']} does not cover the largest evaluation.ratios "
+                f"{max(config['evaluation']['ratios'])} × simulator.train_per_user {per_user} = {needed}"
+            )
+    return problems
+
+
+if config_conflicts():
+    raise WorkflowError(
+        "The config's settings do not fit together:\n- "
+        + "\n- ".join(config_conflicts())
+    )
+
 SPLITS = ("train", "val")
 SYNTHETIC_ROOT = "resources/synthetic"
 USERS = [f"user_{index:02d}" for index in range(config["data"]["num_classes"])]
