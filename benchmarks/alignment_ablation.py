@@ -81,7 +81,7 @@ def probe_curves(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def summarize(root: Path, out: Path) -> None:
-    rows, curves = [], {}
+    rows, curves, chance = [], {}, None
     for name in SETTINGS:
         folder = root / name
         if not (folder / "results/eval/generation.json").exists():
@@ -89,6 +89,7 @@ def summarize(root: Path, out: Path) -> None:
             continue
         vae = json.loads((folder / "results/vae/eval.json").read_text())
         generation = json.loads((folder / "results/eval/generation.json").read_text())
+        chance = 1 / generation["num_classes"]
         curves[name] = probe_curves(folder / "results/dit/metrics.csv")
         fd, pr = generation["frechet_distance"], generation["precision_recall"]
         augmented = {a["ratio"]: a["val_accuracy"] for a in generation["augmented"]}
@@ -130,6 +131,7 @@ def summarize(root: Path, out: Path) -> None:
             if curve[metric]:
                 steps, values = zip(*curve[metric])
                 ax.plot(steps, values, marker="o", label=name)
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_title(f"samples recognised as their user ({title})")
         ax.set_xlabel("DiT step")
         ax.grid(alpha=0.3)
