@@ -2,6 +2,8 @@
 
 import csv
 
+import torch
+
 from mdgen.training import collect_metrics, prepare_work_dir
 
 
@@ -38,7 +40,7 @@ def test_work_dir_is_kept_for_the_same_config_and_cleared_for_another(tmp_path):
     work = tmp_path / "training"
     assert prepare_work_dir(work, {"lr": 1}) is None
     (work / "checkpoints").mkdir()
-    (work / "checkpoints" / "last.ckpt").write_bytes(b"state")
+    torch.save({"global_step": 1}, work / "checkpoints" / "last.ckpt")
     assert prepare_work_dir(work, {"lr": 1}) == work / "checkpoints" / "last.ckpt"
     assert prepare_work_dir(work, {"lr": 2}) is None
     assert not (work / "checkpoints").exists()

@@ -68,9 +68,8 @@ def config_conflicts():
                 f"evaluation.low_data_k {too_many} asks for more train images per user than "
                 f"simulator.train_per_user {per_user} makes"
             )
-        needed = round(
-            max(config["evaluation"]["ratios"]) * per_user
-        )  # as the study draws them
+        # rounded as the augmentation study draws them
+        needed = round(max(config["evaluation"]["ratios"]) * per_user)
         if sample["per_user"] < needed:
             problems.append(
                 f"sample.per_user {sample['per_user']} does not cover the largest evaluation.ratios "
@@ -79,10 +78,10 @@ def config_conflicts():
     return problems
 
 
-if config_conflicts():
+CONFLICTS = config_conflicts()
+if CONFLICTS:
     raise WorkflowError(
-        "The config's settings do not fit together:\n- "
-        + "\n- ".join(config_conflicts())
+        "The config's settings do not fit together:\n- " + "\n- ".join(CONFLICTS)
     )
 
 SPLITS = ("train", "val")
@@ -179,8 +178,8 @@ def launcher(section):
 def gpu_resources(rule, section, one_process=False):
     """The resources of a GPU rule. GPUs (devices × num_nodes of `section`, or 1 for a
     `one_process` stage), CPUs per GPU, and the memory and runtime config.resources gives the
-    rule. A stage whose section sets accelerator: cpu asks for no GPU. See docs/cluster.md, "Running on a
-    cluster"."""
+    rule. A stage whose section sets accelerator: cpu asks for no GPU. See docs/cluster.md.
+    """
     settings = {"devices": 1, "num_nodes": 1} | launch_settings(section)
     if one_process:
         settings |= {"devices": 1, "num_nodes": 1}
@@ -209,8 +208,8 @@ def gpu_resources(rule, section, one_process=False):
     }
 
 
-# Representation alignment (docs/pipeline.md: Representation alignment). The teacher and REPA's inputs appear only when the
-# config uses them, so that a run without alignment has the DAG it always had.
+# Representation alignment (docs/pipeline.md). The teacher and REPA's inputs appear only when
+# the config uses them, so that a run without alignment has the DAG it always had.
 
 
 def vf_teacher():
@@ -240,9 +239,7 @@ def evaluation_teachers():
 
 def vae_sections():
     """The sections a VA-VAE-training stage reads: the teacher's too when the latents align to it."""
-    return ["vae", "logging"] + (
-        ["teacher"] if config["vae"]["use_vf"] == "domain" else []
-    )
+    return ["vae", "logging"] + (["teacher"] if vf_teacher() else [])
 
 
 def fidelity_probe():
