@@ -203,3 +203,11 @@ def test_generation_json_records_what_each_teacher_saw(teacher_file, tiny_manife
     assert results["teachers"]["k2"]["sha256"] == sha256_file(k2_teacher)
     with pytest.raises(SystemExit, match="must see only what the generator sees"):
         run(tiny_manifest, samples, tmp_path / "leak", f"--low-data=2={samples}", f"--teacher=k2={teacher_file}")
+
+
+def test_repa_with_dinov2_needs_its_weights(tiny_latents, tiny_manifest, tmp_path):
+    latents, vae = tiny_latents
+    config = tiny_config(dit={"repa": {"weight": 0.5, "depth": 1, "encoder": "dinov2"}})
+    argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    with pytest.raises(SystemExit, match="set dit.repa.weights"):
+        train_dit.main([*argv, "--manifest", str(tiny_manifest)])

@@ -163,6 +163,8 @@ def repa_targets(config: dict, model_kwargs: dict, data, manifest: str, teacher:
         encoder, saw = load_teacher(teacher, images_seen=seen)
         alignment = {"encoder": "domain", "sha256": sha256_file(teacher), "teacher_saw": saw | {"paths": None}}
     else:
+        if not repa["weights"]:
+            raise SystemExit(f"dit.repa.encoder {repa['encoder']} needs its weight file: set dit.repa.weights")
         encoder = FoundationModel(repa["encoder"], repa["weights"])
         alignment = {"encoder": repa["encoder"], "sha256": sha256_file(repa["weights"])}
     side = model_kwargs["input_size"] // registry_size(model_kwargs["model_type"]).keywords["patch_size"]
