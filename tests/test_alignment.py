@@ -211,3 +211,22 @@ def test_repa_with_dinov2_needs_its_weights(tiny_latents, tiny_manifest, tmp_pat
     argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
     with pytest.raises(SystemExit, match="set dit.repa.weights"):
         train_dit.main([*argv, "--manifest", str(tiny_manifest)])
+
+
+def test_repa_refuses_to_start_without_its_images_or_teacher(tiny_latents, tiny_manifest, tmp_path):
+    latents, vae = tiny_latents
+    config = tiny_config(dit={"repa": {"weight": 0.5, "depth": 1}})
+    argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    with pytest.raises(SystemExit, match="pass --manifest"):
+        train_dit.main(argv)
+    with pytest.raises(SystemExit, match="pass --teacher"):
+        train_dit.main([*argv, "--manifest", str(tiny_manifest)])
+    assert not (tmp_path / "dit.pt").exists()
+
+
+def test_evaluation_refuses_a_teacher_named_for_no_training_set(teacher_file, tiny_manifest, tmp_path):
+    from test_evaluate_generation import noise_samples, run
+
+    samples = noise_samples(tmp_path / "samples")
+    with pytest.raises(SystemExit, match="--teacher expects NAME=PATH with NAME one of"):
+        run(tiny_manifest, samples, tmp_path / "eval", f"--teacher=k9={teacher_file}")

@@ -111,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=dit_config["checkpoint_every_n_steps"]
     )
     pictures = []
-    if logging["tensorboard"] and logging["images_every_n_steps"]:
+    show_samples = logging["tensorboard"] and logging["images_every_n_steps"]
+    # The decoder both pictures and the fidelity probe decode samples with, loaded once.
+    vae = load_vavae(args.vae, use_vf=None) if show_samples or logging["fidelity_every_n_steps"] else None
+    if show_samples:
         num_classes = config["data"]["num_classes"]
         shown = min(logging["images_shown"], num_classes)
         users = sorted({round(i * (num_classes - 1) / max(shown - 1, 1)) for i in range(shown)})
-        vae = load_vavae(args.vae, use_vf=None)
         pictures.append(
             SamplePictures(vae, users, latent_shape, data.train.mean, data.train.std, logging["images_every_n_steps"])
         )
@@ -125,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
                 "the fidelity probe (logging.fidelity_every_n_steps) judges against real images: pass --manifest"
             )
         recipe = Recipe(**evaluation["classifier"])
-        vae = load_vavae(args.vae, use_vf=None)
         say(f"Fidelity probe every {logging['fidelity_every_n_steps']} steps: training its judges ({recipe})")
         judges = probe_judges(args.manifest, vae, config["data"], recipe, evaluation["seeds"][0])
         probe = FidelityProbe(
