@@ -230,3 +230,10 @@ def test_evaluation_refuses_a_teacher_named_for_no_training_set(teacher_file, ti
     samples = noise_samples(tmp_path / "samples")
     with pytest.raises(SystemExit, match="--teacher expects NAME=PATH with NAME one of"):
         run(tiny_manifest, samples, tmp_path / "eval", f"--teacher=k9={teacher_file}")
+
+
+def test_repa_refuses_a_manifest_the_store_was_not_made_from(teacher_file, tiny_latents, tiny_manifest, tmp_path):
+    lines = tiny_manifest.read_text().splitlines()
+    (tmp_path / "other.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    with pytest.raises(SystemExit, match="is not the manifest the latent store"):
+        repa_training(tiny_latents, tmp_path / "other.csv", tmp_path / "out", teacher_file)
