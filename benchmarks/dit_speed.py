@@ -41,7 +41,7 @@ SIZES = {
     False: (
         (32, 16, 16),
         dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), resolution=256),
-    ),  # noqa: E501
+    ),
     True: ((4, 8, 8), dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=32)),
 }
 
