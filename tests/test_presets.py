@@ -89,3 +89,28 @@ def test_a_file_of_another_tokenizer_is_refused_with_both_shapes():
     message = str(error.value)
     assert "quant_conv.weight: checkpoint (128, 128, 1, 1) vs model (64, 64, 1, 1)" in message
     assert "post_quant_conv.weight" in message and "linear_proj.weight" in message
+
+
+def test_the_24gb_preset_trains_a_dit_with_checkpointing_in_bf16(tiny_latents, tmp_path):
+    """The small-GPU settings, at a tiny size on the CPU: the train_dit stage runs with them and the
+    export records them (their memory is measured by benchmarks/gpu_check.py on a GPU)."""
+    from conftest import tiny_config
+
+    from mdgen.stages import train_dit
+
+    small_gpu = yaml.safe_load((PRESETS / "gpu-24gb.yaml").read_text())
+    assert preset(PRESETS / "paper.yaml", PRESETS / "gpu-24gb.yaml")["dit"]["model_type"] == "LightningDiT-XL"
+    settings = small_gpu["dit"]
+    config = tiny_config(
+        dit={
+            "use_checkpoint": settings["use_checkpoint"],
+            "batch_size": 4,  # the tiny store holds a few latents
+            "trainer": {"precision": settings["trainer"]["precision"], "max_steps": 3},
+        }
+    )
+    latents, vae = tiny_latents
+    argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    assert train_dit.main(argv) == 0
+    exported = torch.load(tmp_path / "dit.pt", weights_only=True)
+    assert exported["config"]["model"]["use_checkpoint"] is True
+    assert all(torch.isfinite(value).all() for value in exported["ema"].values() if value.is_floating_point())
