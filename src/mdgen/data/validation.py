@@ -2,6 +2,8 @@
 
 Every problem is found in one pass and reported together. Files are judged by their content, never
 by their extension, and are opened read-only: validation never modifies, moves or deletes anything.
+It never leaves the data root (a symbolic link that leads outside it is reported, not followed) and
+never opens anything but a regular file (a FIFO would block the run, a device could be endless).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import os
 import re
+import stat
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -28,7 +31,7 @@ SPLITS = ("train", "val")
 USER_FOLDER = re.compile(r"^user_(\d{2,})$")
 MANIFEST_COLUMNS = ("path", "split", "user_id", "sha256", "width", "height", "mode")
 # Problems about the dataset as a whole: excluding files cannot fix them, so they fail every run.
-FATAL_KINDS = frozenset({"missing_split", "user_missing_train", "user_missing_val"})
+FATAL_KINDS = frozenset({"missing_split", "split_outside_root", "user_missing_train", "user_missing_val"})
 WARNINGS_SHOWN_PER_KIND = 10
 
 
@@ -121,8 +124,13 @@ def _pil_settings():
 
 def _check_file(path: str, *, channels: int, size: int, max_pixels: int) -> _FileCheck:
     check = _FileCheck()
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        check.problems.append(("unreadable", "error", f"cannot be read ({reason}): check its permissions"))
+        return check
     if not data:
         check.problems.append(("empty_file", "error", "the file is empty (0 bytes): re-export the image or remove it"))
         return check
@@ -233,10 +241,32 @@ def _scan_tree(root: str, num_classes: int, problems: list[Problem], ignored: li
         hidden.extend(os.path.join(folder, n) for n in names if n.startswith("."))
         return [n for n in names if not n.startswith(".")]
 
+    real_root = os.path.realpath(root)
+
+    def leaves_root(path, split, user=None, kind="outside_root") -> bool:
+        """Report a path whose symbolic links lead outside the data root; it is not followed."""
+        target = os.path.realpath(path)
+        if target == real_root or target.startswith(real_root + os.sep):
+            return False
+        problems.append(
+            Problem(
+                kind,
+                "error",
+                path,
+                f"a symbolic link to {target}, outside the data root {root}: not followed; copy the data "
+                "into the root or point data.root at where it lives",
+                split=split,
+                user_id=user,
+            )
+        )
+        return True
+
     if os.path.isdir(root):
         ignored.extend(os.path.join(root, n) for n in entries(root) if n not in SPLITS)
     for split in SPLITS:
         split_dir = os.path.join(root, split)
+        if os.path.isdir(split_dir) and leaves_root(split_dir, split, kind="split_outside_root"):
+            continue
         if not os.path.isdir(split_dir):
             problems.append(
                 Problem(
@@ -254,6 +284,8 @@ def _scan_tree(root: str, num_classes: int, problems: list[Problem], ignored: li
             problems.append(Problem("empty_folder", "warning", split_dir, f"{split}/ is empty", split=split))
         for name in names:
             path = os.path.join(split_dir, name)
+            if leaves_root(path, split):
+                continue
             if not os.path.isdir(path):
                 problems.append(
                     Problem(
@@ -301,6 +333,8 @@ def _scan_tree(root: str, num_classes: int, problems: list[Problem], ignored: li
                 )
             for filename in files:
                 file_path = os.path.join(path, filename)
+                if leaves_root(file_path, split, name):
+                    continue
                 if os.path.isdir(file_path):
                     problems.append(
                         Problem(
@@ -313,9 +347,33 @@ def _scan_tree(root: str, num_classes: int, problems: list[Problem], ignored: li
                             user_id=name,
                         )
                     )
+                elif (problem := _not_a_regular_file(file_path, split, name)) is not None:
+                    problems.append(problem)
                 else:
                     candidates.append(_Candidate(file_path, split, name))
     return candidates
+
+
+SPECIAL_FILES = {
+    stat.S_ISFIFO: "a named pipe (FIFO)",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+}
+
+
+def _not_a_regular_file(path: str, split: str, user: str) -> Problem | None:
+    """A Problem for a broken link or a special file, which are never opened; None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        what = "a symbolic link to nothing" if os.path.islink(path) else f"cannot be examined ({error.strerror})"
+        return Problem("unreadable", "error", path, f"{what}: remove or fix it", split=split, user_id=user)
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in SPECIAL_FILES.items() if test(mode)), "not a regular file")
+    message = f"{kind}, not an image file: never opened (it could block or never end); remove it from the data folder"
+    return Problem("not_a_file", "error", path, message, split=split, user_id=user)
 
 
 def _find_duplicates(valid: list[tuple[_Candidate, _FileCheck]]) -> list[Problem]:
@@ -386,7 +444,9 @@ def validate_dataset(
     for candidate, _ in valid:
         counts[candidate.user_id][candidate.split] += 1
     excluded = Counter((p.user_id, p.split) for p in problems if p.severity == "error" and p.user_id)
-    present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]  # a missing split is reported once
+    unread = {p.split for p in problems if p.kind == "split_outside_root"}
+    # a missing or unread split is reported once, not once per user
+    present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s)) and s not in unread]
     purpose = {"train": "training", "val": "validation"}
     for user, split in ((u, s) for s in present for u in counts):
         if counts[user][split] == 0:
