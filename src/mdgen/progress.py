@@ -20,9 +20,16 @@ import time
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.utilities import rank_zero_only
 from tqdm import tqdm
 
 LOG_INTERVAL_S = 30.0
+
+
+def say(*args, **kwargs) -> None:
+    """print(), flushed, on rank 0 only: how every stage speaks, so a DDP run's log says each thing once."""
+    if rank_zero_only.rank == 0:
+        print(*args, **kwargs, flush=True)
 
 
 def interactive() -> bool:

@@ -41,7 +41,7 @@ from mdgen.evaluation.metrics import frechet_distance, frechet_distance_per_grou
 from mdgen.evaluation.study import fidelity, Images, protocols, read_samples, run_protocols
 from mdgen.io import atomic_output
 from mdgen.plots import plot_accuracy_vs_ratio, plot_confusion, plot_identity, plot_pairs, plot_per_user
-from mdgen.progress import progress
+from mdgen.progress import progress, say
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     train, val = real["train"], real["val"]
     samples = images(*read_samples(args.samples, num_classes))
     low_data = dict(parse_low_data(item) for item in args.low_data)
-    print(
+    say(
         f"Real: {len(train.paths)} train / {len(val.paths)} val images; synthetic: {len(samples.paths)} samples "
         f"of {num_classes} users; classifier {recipe}; seeds {settings['seeds']}"
     )
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "labels": {"real_train": "generator on all train images"}
         | {name: f"generator on {name.removeprefix('k')} train images per user" for name in results["low_data"]},
     }
-    print(f"Where identity is lost ({vae_identity['judge']}; chance {vae_identity['chance']:.3f}):")
-    print(format_identity_table(results["identity"]["generators"]))
+    say(f"Where identity is lost ({vae_identity['judge']}; chance {vae_identity['chance']:.3f}):")
+    say(format_identity_table(results["identity"]["generators"]))
 
     # Distribution metrics in the features of the first seed's real-trained classifier.
     reference = judges[settings["seeds"][0]]
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, draw in figures.items():
         draw(args.out_dir / name)
     for name, mean, std in rows:
-        print(f"{name:>52}: {mean}" + (f" ± {std}" if std else ""))
-    print(
+        say(f"{name:>52}: {mean}" + (f" ± {std}" if std else ""))
+    say(
         f"Wrote {args.out_dir}/generation.json, metrics.csv and {len(figures)} plots in "
         f"{time.perf_counter() - start:.0f} s"
     )

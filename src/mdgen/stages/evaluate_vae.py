@@ -29,7 +29,7 @@ from mdgen.io import atomic_output
 from mdgen.losses import build_lpips, PerceptualLoss
 from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
 from mdgen.plots import image_grid
-from mdgen.progress import progress
+from mdgen.progress import progress, say
 from mdgen.training import device_from_config
 
 USERS_SHOWN = 8
@@ -52,7 +52,7 @@ def lpips_or_none(config: dict) -> PerceptualLoss | None:
     try:
         return PerceptualLoss(build_lpips(config["vae"]["perceptual"]["vgg16_weights"]))
     except FileNotFoundError as missing:
-        print(f"LPIPS skipped: {missing}")
+        say(f"LPIPS skipped: {missing}")
         return None
 
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = MicroDopplerDataset(args.manifest, "val", size, channels)
     loader = DataLoader(dataset, batch_size=config["vae"]["batch_size"], shuffle=False)
     device = device_from_config(config["vae"]["trainer"]["accelerator"])
-    print(f"Evaluating reconstructions of {len(dataset)} val spectrograms ({size}² × {channels}) on {device}")
+    say(f"Evaluating reconstructions of {len(dataset)} val spectrograms ({size}² × {channels}) on {device}")
 
     lpips = lpips_or_none(config)
     lpips = lpips.to(device) if lpips is not None else None
@@ -141,19 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     for label, model in models.items():
         results[label], arrays[label], reconstructions[label] = evaluate(model, loader, lpips, label)
         m = results[label]
-        print(
+        say(
             f"{label:>28}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
             + (f", LPIPS {m['lpips']:.4f}" if m["lpips"] is not None else "")
         )
 
     table = identity(config, args.manifest, models["fine-tuned"], arrays["fine-tuned"], config["vae"]["batch_size"])
-    print(f"Identity ({table['judge']}; chance {table['chance']:.3f}):")
+    say(f"Identity ({table['judge']}; chance {table['chance']:.3f}):")
     for key, label in (
         ("real_val", "real val"),
         ("reconstructions", "reconstructions of real val"),
         ("reconstruction_judge", "judge trained on reconstructions"),
     ):
-        print(f"{label:>44}: {table[key]['mean']:.3f} ± {table[key]['std']:.3f}")
+        say(f"{label:>44}: {table[key]['mean']:.3f} ± {table[key]['std']:.3f}")
 
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         for u in shown
     ]
     image_grid(rows, shown, ["input", *models], args.out_png, title="VA-VAE reconstructions (val)")
-    print(f"Wrote {args.out_json} and {args.out_png}")
+    say(f"Wrote {args.out_json} and {args.out_png}")
     return 0
 
 

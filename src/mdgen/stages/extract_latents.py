@@ -38,7 +38,7 @@ from mdgen.data.latents import (
 from mdgen.data.validation import read_manifest
 from mdgen.io import atomic_directory, remove_leftovers
 from mdgen.models.vavae import load_vavae, VAVAE
-from mdgen.progress import progress
+from mdgen.progress import progress, say
 from mdgen.training import device_from_config
 
 SPLITS = ("train", "val")  # train first: its statistics go into both stores
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     f = vae.downsample_factor
     latent_shape = (vae.embed_dim, size // f, size // f)
     mode = f"posterior samples (seed {settings['seed']})" if settings["sample_posterior"] else "posterior means"
-    print(f"VA-VAE {args.vae} (sha256 {vae_sha256}) on {device}")
-    print(
+    say(f"VA-VAE {args.vae} (sha256 {vae_sha256}) on {device}")
+    say(
         f"Encoding {len(datasets['train'])} train / {len(datasets['val'])} val spectrograms ({size}² × {channels}, "
         f"{len({r['user_id'] for d in datasets.values() for r in d.rows})} users) into {mode}: latents "
         f"{'×'.join(map(str, latent_shape))} {settings['dtype']}, {settings['chunk_size']} per chunk, "
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = {split: args.out_dir / f"{split}.zarr" for split in SPLITS}
     for target in targets.values():
         for leftover in remove_leftovers(target):
-            print(f"Removed {leftover}, left by an interrupted run")
+            say(f"Removed {leftover}, left by an interrupted run")
 
     start = time.perf_counter()
     with atomic_directory(targets["train"]) as train_tmp, atomic_directory(targets["val"]) as val_tmp:
@@ -154,16 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             # Re-read what was written, against a fresh read of the manifest, before it becomes the output.
             verify_latent_store(open_latent_store(tmp_dirs[split]), read_manifest(args.manifest, split), split)
-        print(f"Checked both stores against {args.manifest}: counts per user, labels and path order match")
+        say(f"Checked both stores against {args.manifest}: counts per user, labels and path order match")
     elapsed = time.perf_counter() - start
 
     total = sum(len(d) for d in datasets.values())
-    print(
+    say(
         "Train latent statistics per channel (population std): mean "
         f"[{min(latent_stats['mean']):.3f}, {max(latent_stats['mean']):.3f}], std "
         f"[{min(latent_stats['std']):.3f}, {max(latent_stats['std']):.3f}]"
     )
-    print(
+    say(
         f"Encoded {total} spectrograms in {elapsed:.1f} s ({total / elapsed:.1f} images/s); wrote "
         f"{targets['train']} and {targets['val']}"
     )

@@ -25,7 +25,8 @@ from mdgen.data.validation import read_manifest
 from mdgen.launch import die_with_launcher
 from mdgen.models.teacher import load_teacher
 from mdgen.models.vavae import save_official, vavae_kwargs
-from mdgen.training import fit, prepare_work_dir, say, trainer_from_config, write_curves
+from mdgen.progress import say
+from mdgen.training import fit, prepare_work_dir, trainer_from_config, write_curves
 from mdgen.training.pictures import ReconstructionPictures
 from mdgen.training.vavae import first_of_each_user, SpectrogramData, VAVAETraining
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             xlabel="batch (two optimizer steps each)",
         )
-        print(
+        say(
             f"Trained {trainer.global_step} optimizer steps in {elapsed:.0f} s; wrote {args.out_dir / 'vavae.pt'}, "
             f"metrics.csv and curves.png"
         )

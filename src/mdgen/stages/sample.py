@@ -35,7 +35,7 @@ from mdgen.launch import die_with_launcher
 from mdgen.models.lightningdit import load_dit
 from mdgen.models.vavae import load_vavae
 from mdgen.plots import image_grid
-from mdgen.progress import progress
+from mdgen.progress import progress, say
 from mdgen.sampling import sample_user
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     model_kwargs = dit_config["model"]
     latent_shape = (model_kwargs["in_channels"], model_kwargs["input_size"], model_kwargs["input_size"])
     num_users = model_kwargs["num_classes"]
-    fabric.print(
+    say(
         f"Sampling {settings['per_user']} spectrograms for each of {num_users} users: {settings['sampling_method']}, "
         f"{settings['num_sampling_steps']} steps, time shift {settings['timestep_shift']}, cfg {settings['cfg_scale']} "
         f"from t > {settings['cfg_interval_start']} on {settings['guidance_channels'] or 'all'} channels, "
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             title=f"Generated spectrograms, one row per user (cfg {settings['cfg_scale']})",
             cell_inches=1.0,
         )
-        print(
+        say(
             f"Wrote {total} samples to {args.out_dir}/user_NN/ and grid.png in {elapsed:.0f} s "
             f"({elapsed * fabric.world_size / total:.2f} process-seconds per image)"
         )

@@ -27,7 +27,7 @@ from PIL import Image
 
 from mdgen.config import load_config
 from mdgen.data import simulator as sim
-from mdgen.progress import progress
+from mdgen.progress import progress, say
 
 SPLITS = ("train", "val")
 MARKER = "users.json"
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     radar = radar_from_config(simulator)
     check_target(args.out)
     total = num_users * (train_per_user + val_per_user)
-    print(
+    say(
         f"Simulating {num_users} users × ({train_per_user} train + {val_per_user} val) "
         f"= {total} spectrograms, {size}×{size}×{channels}, seed {simulator['seed']}, "
         f"{args.workers} worker(s)\n"
@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     speeds = [rec["max_radial_speed_mps"] for user in users for rec in user["recordings"].values()]
     aliased = sum(speed > radar.max_velocity for speed in speeds)
-    print(f"Fastest limb: {max(speeds):.2f} m/s (unambiguous up to {radar.max_velocity:.2f} m/s)")
+    say(f"Fastest limb: {max(speeds):.2f} m/s (unambiguous up to {radar.max_velocity:.2f} m/s)")
     if aliased:
-        print(
+        say(
             f"WARNING: {aliased} of {total} recordings have limbs faster than {radar.max_velocity:.2f} m/s, "
             "whose Doppler aliases (wraps to the other side of the spectrogram). Raise simulator.prf_hz."
         )
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (*SPLITS, MARKER):
         os.replace(staging / name, args.out / name)
     staging.rmdir()
-    print(f"Wrote {total} spectrograms to {args.out}/ in {elapsed:.1f} s ({total / elapsed:.1f} per second)")
+    say(f"Wrote {total} spectrograms to {args.out}/ in {elapsed:.1f} s ({total / elapsed:.1f} per second)")
     return 0
 
 

@@ -27,7 +27,8 @@ from mdgen.evaluation.identity import probe_judges
 from mdgen.launch import die_with_launcher
 from mdgen.models.lightningdit import dit_kwargs, save_official
 from mdgen.models.vavae import load_vavae
-from mdgen.training import device_from_config, fit, prepare_work_dir, say, trainer_from_config, write_curves
+from mdgen.progress import say
+from mdgen.training import device_from_config, fit, prepare_work_dir, trainer_from_config, write_curves
 from mdgen.training.dit import DiTTraining, repa_targets
 from mdgen.training.pictures import FidelityProbe, SamplePictures
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fidelity probe (samples recognised as their user)": ["probe/fidelity", "probe/fidelity_recon_judge"],
             },
         )
-        print(
+        say(
             f"Trained {trainer.global_step} steps in {elapsed:.0f} s; "
             f"wrote {args.out_dir / 'dit.pt'}, metrics.csv and curves.png"
         )

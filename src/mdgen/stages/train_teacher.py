@@ -29,6 +29,7 @@ from mdgen.evaluation.classifier import load_images, predict, Recipe, train_clas
 from mdgen.io import atomic_output
 from mdgen.models.teacher import images_fingerprint, save_teacher, SpectrogramTeacher, TeacherNet
 from mdgen.plots import plot_feature_maps
+from mdgen.progress import say
 
 USERS_SHOWN = 8
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=settings["lr"],
         weight_decay=settings["weight_decay"],
     )
-    print(
+    say(
         f"Teacher: TeacherNet width {settings['width']} ({8 * settings['width']} feature channels at 1/8 of "
         f"{settings['size']} px), {settings['epochs']} epochs, seed {settings['seed']}, on {len(rows)} train "
         f"spectrograms ({f'{args.per_user} per user' if args.per_user is not None else 'all'})",
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_accuracy": (predict(teacher.net, val_images)[0] == val_labels).float().mean().item(),
         "train_seconds": elapsed,
     }
-    print(
+    say(
         f"Trained in {elapsed:.0f} s: accuracy {metrics['train_accuracy']:.3f} on its train images, "
         f"{metrics['val_accuracy']:.3f} on real val (chance {1 / data['num_classes']:.3f})",
         flush=True,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         maps = teacher.net.feature_map(shown_images)  # (N, D, size / 8, size / 8)
     plot_feature_maps(to_uint8(shown_images), maps, shown, args.out_dir / "features.png")
-    print(f"Wrote {args.out_dir / 'teacher.pt'}, teacher.json and features.png")
+    say(f"Wrote {args.out_dir / 'teacher.pt'}, teacher.json and features.png")
     return 0
 
 

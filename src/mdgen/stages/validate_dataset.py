@@ -15,6 +15,7 @@ import sys
 
 from mdgen.config import load_config
 from mdgen.data.validation import format_summary, validate_dataset, write_manifest, write_report
+from mdgen.progress import say
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     data = load_config(args.config, "data")["data"]
     on_bad_file = data["on_bad_file"]
-    print(
+    say(
         f"Validating {args.root}/{{train,val}}/user_NN for {data['num_classes']} users: "
         f"{data['channels']}-channel images, trained at {data['size']}x{data['size']}, "
         f"at most {data['max_pixels']:,} pixels each, {args.workers} worker(s), on_bad_file={on_bad_file}"
@@ -45,25 +46,25 @@ def main(argv=None) -> int:
         workers=args.workers,
         progress=True,
     )
-    print(format_summary(result, on_bad_file, report_path=args.report))
+    say(format_summary(result, on_bad_file, report_path=args.report))
     write_report(result, args.report, on_bad_file)
-    print(f"Report: {args.report}")
+    say(f"Report: {args.report}")
 
     if result.fatal:
-        print(
+        say(
             f"FAILED: {len(result.fatal)} dataset-level error(s) above. Fix the dataset: data.on_bad_file: skip "
             "cannot help, because excluding files never adds a missing split or image. No manifest was written."
         )
         return 1
     if not result.passed(on_bad_file):
-        print(
+        say(
             f"FAILED: {len(result.errors)} bad file(s) or folder(s) above. Fix or remove them, or set "
             "data.on_bad_file: skip to exclude them from the manifest. No manifest was written."
         )
         return 1
     write_manifest(result.rows, args.manifest)
     excluded = f", {len(result.excluded)} excluded" if result.excluded else ""
-    print(f"Manifest: {args.manifest} ({len(result.rows)} images{excluded})")
+    say(f"Manifest: {args.manifest} ({len(result.rows)} images{excluded})")
     return 0
 
 

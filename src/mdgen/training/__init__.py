@@ -26,7 +26,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from mdgen.config import config_hash
 from mdgen.io import atomic_output
 from mdgen.plots import plot_curves
-from mdgen.progress import training_progress
+from mdgen.progress import say, training_progress
 
 
 def device_from_config(accelerator: str) -> torch.device:
@@ -38,12 +38,6 @@ def device_from_config(accelerator: str) -> torch.device:
 def is_rank_zero() -> bool:
     """Rank 0 of a DDP run (from the launcher's RANK or SLURM_PROCID), or the only process."""
     return rank_zero_only.rank == 0
-
-
-def say(*args, **kwargs) -> None:
-    """print() on rank 0 only: a DDP run's log says each thing once."""
-    if is_rank_zero():
-        print(*args, **kwargs, flush=True)
 
 
 def prepare_work_dir(work_dir: Path, config: dict) -> Path | None:
@@ -66,12 +60,12 @@ def prepare_work_dir(work_dir: Path, config: dict) -> Path | None:
         resume_from = None
     if is_rank_zero():
         if saved is not None and saved != fingerprint:
-            print(f"The configuration changed since {work_dir} was written: starting over.")
+            say(f"The configuration changed since {work_dir} was written: starting over.")
             shutil.rmtree(work_dir)
         if unreadable:
             kept = last.with_name("last.ckpt.unreadable")
             last.replace(kept)
-            print(f"{last} cannot be read ({unreadable}), e.g. cut short by a crash: starting over; kept as {kept}.")
+            say(f"{last} cannot be read ({unreadable}), e.g. cut short by a crash: starting over; kept as {kept}.")
         with atomic_output(stamp) as tmp:
             tmp.write_text(json.dumps({"hash": fingerprint, "config": config}, indent=1))
     return resume_from
