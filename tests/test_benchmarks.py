@@ -55,3 +55,29 @@ def test_dit_speed_names_a_folder_that_is_not_a_lightningdit_checkout(tmp_path, 
     monkeypatch.setenv("LIGHTNINGDIT_REF", str(tmp_path))
     with pytest.raises(SystemExit, match="is not a LightningDiT checkout"):
         script("dit_speed").main(["--no-vae", "--out", str(tmp_path / "x.json")])
+
+
+def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_scale(tiny_manifest, tiny_latents, tmp_path, capsys):
+    import yaml
+    from conftest import tiny_config
+
+    from mdgen.stages import train_dit
+
+    latents, vae = tiny_latents
+    config = tiny_config(dit={"trainer": {"max_steps": 2}})
+    results = tmp_path / "results"
+    (results / "dataset").mkdir(parents=True)
+    (results / "vae").mkdir()
+    shutil.copy(tiny_manifest, results / "dataset" / "manifest.csv")
+    shutil.copy(vae, results / "vae" / "vavae.pt")
+    argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(results / "dit"), "--config"]
+    assert train_dit.main([*argv, json.dumps(config)]) == 0
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+
+    sweep = ["--run", str(tmp_path), "--config", str(tmp_path / "run.yaml"), "--scales", "1", "3", "--per-user", "2"]
+    assert script("cfg_sweep").main([*sweep, "--steps", "2"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row[0].strip() for row in rows[1:]] == ["1", "3"]  # after the header
+    for row in rows[1:]:
+        assert all(0 <= float(cell) <= 1 for cell in row[1:3])
