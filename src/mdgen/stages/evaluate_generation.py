@@ -114,6 +114,53 @@ def read_vae_identity(path: Path, settings: dict) -> dict:
     return table
 
 
+def identity_table(results: dict, vae_identity: dict) -> dict:
+    """Where identity is lost, for every generator, under the same real-trained judges: real val →
+    VA-VAE reconstructions (from evaluate_vae) → samples (fidelity) → a classifier trained on samples (CAS)."""
+    generators = {"real_train": results, **results["low_data"]}
+    real_val = results["real_only"]["val_accuracy"]
+    return vae_identity | {
+        "real_val": real_val,
+        "generators": {
+            name: {
+                "real_val": real_val,
+                "reconstructions": vae_identity["reconstructions"],
+                "fidelity": study["fidelity"]["accuracy"],
+                "cas": study["synthetic_only"]["val_accuracy"],
+            }
+            for name, study in generators.items()
+        },
+        "labels": {"real_train": "generator on all train images"}
+        | {name: f"generator on {name.removeprefix('k')} train images per user" for name in results["low_data"]},
+    }
+
+
+def distribution_metrics(judge, train: Images, val: Images, samples: Images, settings: dict) -> tuple[dict, dict]:
+    """Fréchet distance, precision/recall and memorisation in the features of one real-trained
+    classifier (the first seed's); returns the results' entries and memorisation's full output."""
+    features = {name: embed(judge, x.x).double() for name, x in (("train", train), ("val", val), ("samples", samples))}
+    fd_per_user = frechet_distance_per_group(features["val"], val.labels, features["samples"], samples.labels)
+    memo = memorisation(
+        features["samples"], features["train"], features["val"], quantile=settings["memorisation_quantile"]
+    )
+    closest = [
+        {"sample": samples.paths[s], "train": train.paths[t], "distance": float(d)} for s, t, d in memo["closest_pairs"]
+    ]
+    entries = {
+        "features": {"classifier": f"real_only, seed {settings['seeds'][0]}", "dim": int(features["val"].shape[1])},
+        "frechet_distance": {
+            "overall": frechet_distance(features["val"], features["samples"]),
+            "per_user": {user_id(int(u)): v for u, v in fd_per_user.items()},
+            "real_train_vs_val": frechet_distance(features["val"], features["train"]),
+        },
+        "precision_recall": precision_recall(features["val"], features["samples"], k=settings["knn_k"])
+        | {"k": settings["knn_k"]},
+        "memorisation": {key: memo[key] for key in ("threshold", "quantile", "fraction_flagged")}
+        | {"closest_pairs": closest},
+    }
+    return entries, memo
+
+
 def metrics_rows(results: dict, knn_k: int) -> list[tuple[str, str, str]]:
     """The headline table (metrics.csv): metric, mean, std."""
     accuracies = [
@@ -192,51 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, study_results in {"real_train": results, **results["low_data"]}.items():
         study_results["teacher_saw"] = name if name in results["teachers"] else None
 
-    # Where identity is lost, for every generator, under the same real-trained judges.
-    generators = {"real_train": results, **results["low_data"]}
-    results["identity"] = vae_identity | {
-        "real_val": results["real_only"]["val_accuracy"],
-        "generators": {
-            name: {
-                "real_val": results["real_only"]["val_accuracy"],
-                "reconstructions": vae_identity["reconstructions"],
-                "fidelity": study_results["fidelity"]["accuracy"],
-                "cas": study_results["synthetic_only"]["val_accuracy"],
-            }
-            for name, study_results in generators.items()
-        },
-        "labels": {"real_train": "generator on all train images"}
-        | {name: f"generator on {name.removeprefix('k')} train images per user" for name in results["low_data"]},
-    }
+    results["identity"] = identity_table(results, vae_identity)
     say(f"Where identity is lost ({vae_identity['judge']}; chance {vae_identity['chance']:.3f}):")
     say(format_identity_table(results["identity"]["generators"]))
-
-    # Distribution metrics in the features of the first seed's real-trained classifier.
-    reference = judges[settings["seeds"][0]]
-    features = {
-        name: embed(reference, x.x).double() for name, x in (("train", train), ("val", val), ("samples", samples))
-    }
-    fd_per_user = frechet_distance_per_group(features["val"], val.labels, features["samples"], samples.labels)
-    memo = memorisation(
-        features["samples"], features["train"], features["val"], quantile=settings["memorisation_quantile"]
-    )
-    results |= {
-        "features": {"classifier": f"real_only, seed {settings['seeds'][0]}", "dim": int(features["val"].shape[1])},
-        "frechet_distance": {
-            "overall": frechet_distance(features["val"], features["samples"]),
-            "per_user": {user_id(int(u)): v for u, v in fd_per_user.items()},
-            "real_train_vs_val": frechet_distance(features["val"], features["train"]),
-        },
-        "precision_recall": precision_recall(features["val"], features["samples"], k=settings["knn_k"])
-        | {"k": settings["knn_k"]},
-        "memorisation": {key: memo[key] for key in ("threshold", "quantile", "fraction_flagged")}
-        | {
-            "closest_pairs": [
-                {"sample": samples.paths[s], "train": train.paths[t], "distance": float(d)}
-                for s, t, d in memo["closest_pairs"]
-            ]
-        },
-    }
+    distribution, memo = distribution_metrics(judges[settings["seeds"][0]], train, val, samples, settings)
+    results |= distribution
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.out_dir / "generation.json") as tmp:
