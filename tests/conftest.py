@@ -2,9 +2,14 @@
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mdgen.data.validation import validate_dataset, write_manifest
@@ -50,6 +55,26 @@ def deep_update(base: dict, changes: dict) -> dict:
     return merged
 
 
+def kill_at_checkpoint(command: list[str], last: Path, step: int = 8, timeout: float = 180, env=None) -> dict:
+    """Run a training stage's command line, SIGKILL its whole process group (as a scheduler would)
+    once `last` (its last.ckpt) holds `step` or more, and return that checkpoint."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if last.exists() and torch.load(last, map_location="cpu", weights_only=False)["global_step"] >= step:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"no checkpoint at step {step} before the run ended (exit status {process.poll()})")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return torch.load(last, map_location="cpu", weights_only=False)
+
+
 def tiny_config(**changes) -> dict:
     """config/config.yaml (every key present) with the tiny sizes and any further changes."""
     default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -88,10 +113,6 @@ def tiny_manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_latents(tiny_manifest, tmp_path_factory) -> tuple[Path, Path]:
     """(folder with train.zarr and val.zarr, the VA-VAE file) from a seeded tiny VA-VAE."""
-    import json
-
-    import torch
-
     from mdgen.models.vavae import save_official, VAVAE, vavae_kwargs
     from mdgen.stages.extract_latents import main as extract
 

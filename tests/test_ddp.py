@@ -9,16 +9,14 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_config
+from conftest import kill_at_checkpoint, REPO, tiny_config
 from PIL import Image
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
@@ -184,21 +182,7 @@ def test_ddp_training_killed_mid_run_resumes_from_last_ckpt(tiny_latents, tmp_pa
     ]
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
     last = out / "training" / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline and process.poll() is None:
-            if last.exists() and torch.load(last, weights_only=False)["global_step"] >= 8:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"no checkpoint at step 8 before the run ended (exit status {process.poll()})")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    saved_step = torch.load(last, weights_only=False)["global_step"]
+    saved_step = kill_at_checkpoint(command, last, timeout=TIMEOUT, env=env)["global_step"]
     assert saved_step < 200
 
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)

@@ -2,16 +2,12 @@
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import kill_at_checkpoint, tiny_config
 from PIL import Image
 
 from mdgen.data.latents import LatentStoreWriter, open_latent_store
@@ -109,19 +105,7 @@ def test_interrupted_training_resumes_at_the_saved_step_with_the_saved_ema(tiny_
         "--config",
         json.dumps(config),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            if last.exists() and torch.load(last, weights_only=False)["global_step"] >= 8:
-                break
-            time.sleep(0.3)
-        else:
-            pytest.fail("no checkpoint at step 8 before the deadline")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    saved = torch.load(last, weights_only=False)
+    saved = kill_at_checkpoint(command, last)
     saved_ema = {k.removeprefix("ema."): v for k, v in saved["state_dict"].items() if k.startswith("ema.")}
     assert saved_ema
 

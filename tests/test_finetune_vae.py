@@ -2,15 +2,11 @@
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import kill_at_checkpoint, tiny_config
 
 from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
 from mdgen.stages import finetune_vae
@@ -76,20 +72,8 @@ def test_interrupted_finetune_resumes_at_the_saved_step_with_the_same_optimizer_
         "--config",
         json.dumps(config),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            if last.exists() and torch.load(last, map_location="cpu", weights_only=False)["global_step"] >= 8:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("no checkpoint at step 8 before the deadline")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # as a scheduler would
-        process.wait()
+    saved = kill_at_checkpoint(command, last)
     assert not (tmp_path / "vavae.pt").exists()
-    saved = torch.load(last, map_location="cpu", weights_only=False)
     saved_step = saved["global_step"]
 
     # Rerun with the same config; capture the state the trainer starts from.
