@@ -218,6 +218,16 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
     report = json.loads((tmp_path / "results/eval/generation.json").read_text())
     assert report["real_only"]["val_accuracy"]["runs"] and report["low_data"] == {}
 
+    # The report's front page states the run's answer, with links to its figures.
+    built = snakemake(tmp_path, "--report", "results/report.html", config=TINY)
+    assert built.returncode == 0, built.stderr
+    page = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", (tmp_path / "results/report.html").read_text())[1])
+    cas = report["synthetic_only"]["val_accuracy"]
+    assert f"<td>{cas['mean']:.3f} ± {cas['std']:.3f}</td>" in page and "Does the generator keep the person?" in page
+    for figure in ("eval/identity.png", "eval/accuracy_vs_ratio.png", "samples/grid.png"):
+        assert f"showResultInfo('results/{figure}')\">{figure.split('/')[1]}</a>" in page, figure
+    assert "system-message" not in page  # no reStructuredText error or warning on the page
+
     changes = {
         "evaluation": ({"evaluation": {"knn_k": 2}}, STAGES[7:]),
         "sample": ({"sample": {"cfg_scale": 2.0}}, STAGES[6:]),

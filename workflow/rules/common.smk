@@ -278,3 +278,36 @@ def alignment_args(wildcards, input):
         for name in ("manifest", "teacher")
         if hasattr(input, name)
     )
+
+
+def report_answer(generation_json):
+    """What the report's front page states (workflow/report/workflow.rst): the identity table and
+    real vs real + synthetic of a finished evaluation, as text cells; None before there is one.
+    """
+    path = Path(generation_json)
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+
+    def cell(value):
+        return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+    identity = results["identity"]
+    steps = ("real_val", "reconstructions", "fidelity", "cas")
+    return {
+        "chance": f"{identity['chance']:.3f}",
+        "identity": [
+            [identity["labels"].get(name, name), *(cell(row[step]) for step in steps)]
+            for name, row in identity["generators"].items()
+        ],
+        "augmentation": [["real only", cell(results["real_only"]["val_accuracy"])]]
+        + [
+            [f"real + synthetic ×{run['ratio']:g}", cell(run["val_accuracy"])]
+            for run in results["augmented"]
+        ],
+    }
+
+
+# The report's front page template sees only the config (snakemake.config), so the answer of a
+# finished run travels there; no rule reads this key.
+config["report_answer"] = report_answer("results/eval/generation.json")
