@@ -227,6 +227,8 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
     for figure in ("eval/identity.png", "eval/accuracy_vs_ratio.png", "samples/grid.png"):
         assert f"showResultInfo('results/{figure}')\">{figure.split('/')[1]}</a>" in page, figure
     assert "system-message" not in page  # no reStructuredText error or warning on the page
+    html = (tmp_path / "results/report.html").read_text()
+    assert "system-message" not in html and html.count("<strong>Good:</strong>") >= 10  # every caption says both
 
     changes = {
         "evaluation": ({"evaluation": {"knn_k": 2}}, STAGES[7:]),
