@@ -107,6 +107,10 @@ def precision_context(precision: str):
 def dit_rows(args, reference) -> list[dict]:
     kwargs = dict(input_size=args.latent[1], in_channels=args.latent[0], num_classes=1000, **MODEL_FLAGS)
     ours = create_model(args.model, **kwargs)
+    with torch.no_grad():  # adaLN-Zero starts every block and the output at 0: perturb, so outputs are a real check
+        for parameter in ours.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.02 * torch.randn_like(parameter))
     models = {"mdgen": ours}
     if reference:
         theirs = reference[0].LightningDiT_models[args.model](**kwargs)

@@ -49,10 +49,11 @@ WRAPPER_PREFIXES = {"module.": "DistributedDataParallel", "_orig_mod.": "torch.c
 
 
 def modulate(x: Tensor, shift: Tensor | None, scale: Tensor) -> Tensor:
-    """adaLN: scale and shift the normalised tokens (N, T, D) by per-sample (N, D) vectors."""
+    """adaLN: scale and shift the normalised tokens (N, T, D) by per-sample (N, D) vectors
+    (x · (1 + scale) + shift, in one fused multiply-add)."""
     if shift is None:
         return x * (1 + scale.unsqueeze(1))
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,8 +247,9 @@ class LightningDiTBlock(nn.Module):
             shift_msa = shift_mlp = None
         else:
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope=feat_rope)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        # x + gate · branch(x), each residual update one fused multiply-add
+        x = torch.addcmul(x, gate_msa.unsqueeze(1), self.attn(modulate(self.norm1(x), shift_msa, scale_msa), feat_rope))
+        x = torch.addcmul(x, gate_mlp.unsqueeze(1), self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return x  # (N, T, D)
 
 
