@@ -69,3 +69,19 @@ def test_a_full_disk_while_writing_samples_leaves_no_partial_png(dit, tmp_path):
     message = result.stderr.strip().splitlines()[-1]
     assert f"{out}/user_00/sample_0000.png: no space to write it" in message
     assert not [p for p in out.rglob("*") if p.is_file()]  # no PNG, whole or partial, and no .part file
+
+
+def test_a_full_disk_while_training_stops_with_the_step_and_the_rerun_completes(tiny_latents, tmp_path):
+    latents, vae = tiny_latents
+    config = tiny_config(dit={"trainer": {"max_steps": 12}})
+    argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    result = limited("train_dit", argv, 256 * 1024)  # logs and pictures fit; a checkpoint (weights, EMA, Adam) does not
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("DiTTraining: no space left at step ") and "training resumes" in message
+    assert not (tmp_path / "dit.pt").exists()  # nothing exported
+    assert not [p for p in tmp_path.rglob("*.ckpt") if p.stat().st_size == 0]  # no empty checkpoint left to trust
+
+    rerun = limited("train_dit", argv, resource.RLIM_INFINITY)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert (tmp_path / "dit.pt").stat().st_size > 0

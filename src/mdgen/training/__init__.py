@@ -24,7 +24,7 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from mdgen.config import config_hash
-from mdgen.io import atomic_output
+from mdgen.io import atomic_output, NO_SPACE
 from mdgen.plots import plot_curves
 from mdgen.progress import say, training_progress
 
@@ -177,6 +177,16 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule, resume_from
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     except NonFiniteError as error:
         raise SystemExit(f"{type(module).__name__}: {error}") from None
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        raise SystemExit(
+            f"{type(module).__name__}: no space left at step {trainer.global_step}{where} ({error.strerror}: a full "
+            f"disk, a quota or a file-size limit). Nothing was exported; the checkpoints under "
+            f"{trainer.default_root_dir} are kept (one cut short is set aside when the rule reruns). Free space "
+            "and rerun the rule: training resumes from the last complete checkpoint."
+        ) from None
     return time.perf_counter() - start
 
 
