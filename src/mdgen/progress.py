@@ -29,7 +29,7 @@ LOG_INTERVAL_S = 30.0
 def say(*args, **kwargs) -> None:
     """print(), flushed, on rank 0 only: how every stage speaks, so a DDP run's log says each thing once."""
     if rank_zero_only.rank == 0:
-        print(*args, **kwargs, flush=True)
+        print(*args, **{"flush": True, **kwargs})
 
 
 def interactive() -> bool:

@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     say(
         f"Teacher: TeacherNet width {settings['width']} ({8 * settings['width']} feature channels at 1/8 of "
         f"{settings['size']} px), {settings['epochs']} epochs, seed {settings['seed']}, on {len(rows)} train "
-        f"spectrograms ({f'{args.per_user} per user' if args.per_user is not None else 'all'})",
-        flush=True,
+        f"spectrograms ({f'{args.per_user} per user' if args.per_user is not None else 'all'})"
     )
 
     images = load_images([row["path"] for row in rows], data["channels"], settings["size"])
@@ -99,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     say(
         f"Trained in {elapsed:.0f} s: accuracy {metrics['train_accuracy']:.3f} on its train images, "
-        f"{metrics['val_accuracy']:.3f} on real val (chance {1 / data['num_classes']:.3f})",
-        flush=True,
+        f"{metrics['val_accuracy']:.3f} on real val (chance {1 / data['num_classes']:.3f})"
     )
 
     saw = {
