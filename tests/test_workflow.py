@@ -345,3 +345,12 @@ def test_a_missing_data_root_is_a_clear_error(tmp_path):
     result = snakemake(tmp_path, "-n", config=folder_config(tmp_path / "nowhere", "fail"))
     assert result.returncode != 0
     assert "which is not a folder" in result.stdout + result.stderr
+
+
+def test_an_evaluation_written_by_an_older_version_does_not_stop_planning(tmp_path):
+    """The report's front page reads results/eval/generation.json when the workflow is parsed: a file of
+    another layout leaves the page without the answer, and planning goes on."""
+    (tmp_path / "results/eval").mkdir(parents=True)
+    (tmp_path / "results/eval/generation.json").write_text('{"real_only": {}}')
+    result = snakemake(tmp_path, "-n", config=TINY)
+    assert result.returncode == 0, result.stderr

@@ -282,13 +282,18 @@ def alignment_args(wildcards, input):
 
 def report_answer(generation_json):
     """What the report's front page states (workflow/report/workflow.rst): the identity table and
-    real vs real + synthetic of a finished evaluation, as text cells; None before there is one.
-    """
+    real vs real + synthetic of a finished evaluation, as text cells; None before there is one, or
+    for a file an older mdgen wrote (the page then says there is no evaluation yet)."""
     path = Path(generation_json)
     if not path.exists():
         return None
-    results = json.loads(path.read_text())
+    try:
+        return answer_table(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None
 
+
+def answer_table(results):
     def cell(value):
         return f"{value['mean']:.3f} ± {value['std']:.3f}"
 
