@@ -6,11 +6,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config
 from test_workflow import planned_jobs, snakemake, TINY
 
 from mdgen.data.latents import sha256_file
 from mdgen.data.validation import read_manifest
+from mdgen.losses.perceptual import FeaturePerceptualLoss
 from mdgen.losses.repa import build_projector, repa_loss
 from mdgen.models.checkpoints import CheckpointMismatchError
 from mdgen.models.lightningdit import create_model, load_dit
@@ -125,6 +127,71 @@ def test_vae_aligns_to_the_teacher(teacher_file, tiny_manifest, tmp_path):
     assert saved["state_dict"]["linear_proj.weight"].shape == (32, 4, 1, 1)  # 8 × width teacher channels
     assert load_vavae(tmp_path / "vavae.pt").use_vf == "domain"
     assert load_vavae(tmp_path / "vavae.pt", use_vf=None).use_vf is None
+
+
+def test_teacher_perceptual_loss_equals_a_direct_computation():
+    torch.manual_seed(0)
+    teacher = SpectrogramTeacher(num_classes=3, in_chans=3, width=4, size=16)
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    loss = FeaturePerceptualLoss(teacher)
+    distance = loss(x, y)
+    assert distance.shape == (2, 1, 1, 1)
+    # By hand: the teacher's four ReLU outputs on the images at its size, unit vectors per position.
+    small = [F.interpolate(v, size=(16, 16), mode="bilinear", antialias=True, align_corners=False) for v in (x, y)]
+    expected = []
+    for b in range(2):
+        per_block = []
+        activations = [[], []]
+        for i, image in enumerate(small):
+            h = image[b : b + 1]
+            for module in teacher.net.blocks:
+                h = module(h)
+                if isinstance(module, torch.nn.ReLU):
+                    activations[i].append(h[0])
+        for fx, fy in zip(*activations):
+            ux = fx / fx.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            uy = fy / fy.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            per_block.append(((ux - uy) ** 2).sum(dim=0).mean())
+        expected.append(sum(per_block) / len(per_block))
+    assert distance.flatten().tolist() == pytest.approx([e.item() for e in expected], rel=1e-5)
+    assert loss(x, x).abs().max().item() == 0
+    # Gradients reach the images, finite where a ReLU zeroed every channel (a constant image).
+    flat = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    loss(flat, torch.zeros(1, 3, 32, 32)).sum().backward()
+    assert torch.isfinite(flat.grad).all()
+    assert not any(p.requires_grad for p in loss.parameters()) and not loss.train().training
+
+
+def test_vae_trains_with_the_teachers_perceptual_loss(teacher_file, tiny_manifest, tmp_path):
+    config = tiny_config(
+        teacher=TEACHER,
+        vae={
+            "trainer": {"max_steps": 4},
+            "lossconfig": {"disc_start": 100, "perceptual_weight": 1.0},
+            "perceptual": {"network": "domain"},
+        },
+    )
+    argv = ["--manifest", str(tiny_manifest), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    with pytest.raises(SystemExit, match="perceptual loss need the spectrogram teacher: pass --teacher"):
+        finetune_vae.main(argv)
+    assert finetune_vae.main([*argv, "--teacher", str(teacher_file)]) == 0
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rec = [float(r["train/rec_loss"]) for r in csv.DictReader(f) if r.get("train/rec_loss")]
+    assert rec and all(math.isfinite(v) for v in rec)
+    saved = torch.load(tmp_path / "vavae.pt", weights_only=True)
+    assert saved["config"]["teacher_sha256"] == sha256_file(teacher_file)
+    assert not any("perceptual" in key or "teacher" in key for key in saved["state_dict"])
+    last = torch.load(tmp_path / "training/checkpoints/last.ckpt", weights_only=False)
+    assert not any(key.startswith("loss.perceptual_loss.") for key in last["state_dict"])
+    assert load_vavae(tmp_path / "vavae.pt").use_vf is None
+
+
+def test_a_perceptual_loss_on_the_teacher_plans_the_teacher_and_no_vgg(tmp_path):
+    vae = TINY["vae"] | {"lossconfig": {"perceptual_weight": 1.0}, "perceptual": {"network": "domain"}}
+    result = snakemake(tmp_path, "-n", "--printshellcmds", config=TINY | {"vae": vae})
+    assert result.returncode == 0, result.stderr
+    assert "train_teacher" in planned_jobs(result)
+    assert "--teacher results/teacher/teacher.pt" in result.stdout + result.stderr
 
 
 def repa_training(tiny_latents, tiny_manifest, out_dir, teacher, *extra, steps=6):

@@ -148,6 +148,7 @@ def pretrained_files(section):
         (
             settings["perceptual"]["vgg16_weights"]
             if settings["lossconfig"]["perceptual_weight"] > 0
+            and settings["perceptual"]["network"] == "lpips"
             else None
         ),
     ]
@@ -213,8 +214,14 @@ def gpu_resources(rule, section, one_process=False):
 
 
 def vf_teacher():
-    """finetune_vae's teacher input: the spectrogram teacher with vae.use_vf domain."""
-    return ["results/teacher/teacher.pt"] if config["vae"]["use_vf"] == "domain" else []
+    """finetune_vae's teacher input: the spectrogram teacher with vae.use_vf domain or a
+    perceptual term on the teacher's features (mdgen.training.vavae.teacher_uses)."""
+    vae = config["vae"]
+    uses = vae["use_vf"] == "domain" or (
+        vae["lossconfig"]["perceptual_weight"] > 0
+        and vae["perceptual"]["network"] == "domain"
+    )
+    return ["results/teacher/teacher.pt"] if uses else []
 
 
 def repa_teacher():

@@ -18,6 +18,7 @@ _MODULE_OF = {
     "weights_init": "discriminator",
     "FOUNDATION_MODELS": "foundation",
     "FoundationModel": "foundation",
+    "FeaturePerceptualLoss": "perceptual",
     "PerceptualLoss": "perceptual",
     "build_projector": "repa",
     "repa_loss": "repa",

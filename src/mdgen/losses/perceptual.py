@@ -16,6 +16,7 @@ import warnings
 import lpips
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 VGG16_FILENAME = "vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1
 
@@ -137,3 +138,45 @@ class PerceptualLoss(nn.Module):
         if x.shape[1] == 1:
             x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
         return self.lpips(x, y)
+
+
+class FeaturePerceptualLoss(nn.Module):
+    """LPIPS's distance (Zhang et al. 2018) on another frozen network's activations, with no learned
+    calibration: per-sample (B, 1, 1, 1), a drop-in for PerceptualLoss.
+
+    network: a frozen module with `block_outputs(x) -> [feature maps]` and `resized(x)` (the
+    spectrogram teacher, `mdgen.models.teacher.SpectrogramTeacher`). At each block, the feature
+    vectors are scaled to unit length over channels, their squared difference summed over channels
+    and averaged over positions (LPIPS with `lin=False`); the blocks' distances are averaged. Each
+    lies in [0, 4]: 0 for equal activations, 2 for orthogonal ones. (F.normalize, unlike lpips'
+    x / (|x| + eps), keeps the gradient finite where a ReLU zeroed every channel.)
+
+    Where no VGG16 weights can be had, or ImageNet features are a poor measure of what matters in a
+    spectrogram, this compares images through a network trained on them: the teacher learned which
+    strokes and textures tell users apart, so the decoder is pushed to keep those.
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FeaturePerceptualLoss:
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x, y: (B, C, H, W) in [-1, 1] -> (B, 1, 1, 1). Gradients flow to x and y."""
+        if x.shape != y.shape:
+            raise ValueError(
+                f"the perceptual loss compares images of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        net = self.network
+        features_x = net.block_outputs(net.resized(x))
+        features_y = net.block_outputs(net.resized(y))
+        distances = [
+            (F.normalize(fx, dim=1) - F.normalize(fy, dim=1))
+            .pow(2)
+            .sum(dim=1, keepdim=True)
+            .mean(dim=(2, 3), keepdim=True)
+            for fx, fy in zip(features_x, features_y)
+        ]
+        return torch.stack(distances).mean(dim=0)

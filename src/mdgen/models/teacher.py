@@ -63,6 +63,16 @@ class TeacherNet(nn.Module):
         """(N, C, H, W) images -> (N, D, H / 8, W / 8)."""
         return self.blocks(x)
 
+    def block_outputs(self, x: Tensor) -> list[Tensor]:
+        """(N, C, H, W) images -> the four blocks' activations (after their ReLU), at 1/2, 1/4, 1/8
+        and 1/8 of the input side: what a perceptual loss compares, as LPIPS compares VGG's."""
+        outputs = []
+        for module in self.blocks:
+            x = module(x)
+            if isinstance(module, nn.ReLU):
+                outputs.append(x)
+        return outputs
+
     def features(self, x: Tensor) -> Tensor:
         """(N, C, H, W) images -> (N, D) globally pooled features."""
         return self.feature_map(x).mean(dim=(2, 3))
@@ -97,6 +107,16 @@ class SpectrogramTeacher(nn.Module):
     def extra_repr(self) -> str:
         return f"size={self.size}, feature_dim={self.feature_dim}"
 
+    def block_outputs(self, x: Tensor) -> list[Tensor]:
+        """TeacherNet.block_outputs, with gradients to x (for FeaturePerceptualLoss)."""
+        return self.net.block_outputs(x)
+
+    def resized(self, x: Tensor) -> Tensor:
+        """x at the training size (bilinear, antialiased), as the teacher always sees images."""
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+
     @torch.no_grad()
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """x: (B, C, H, W) in [-1, 1] -> features (B, feature_dim, grid_h, grid_w).
@@ -105,9 +125,7 @@ class SpectrogramTeacher(nn.Module):
         average-pooled onto a coarser grid, or bilinearly interpolated onto a finer one (the VF
         loss of an f4 VAE at 64 px asks for 16 × 16 from the teacher's 8 × 8).
         """
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        features = self.net.feature_map(x)  # (B, D, size / 8, size / 8)
+        features = self.net.feature_map(self.resized(x))  # (B, D, size / 8, size / 8)
         grid = tuple(grid)
         if grid == tuple(features.shape[-2:]):
             return features

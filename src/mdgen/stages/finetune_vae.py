@@ -28,7 +28,7 @@ from mdgen.models.vavae import save_official, vavae_kwargs
 from mdgen.progress import say
 from mdgen.training import fit, prepare_work_dir, trainer_from_config, write_curves
 from mdgen.training.pictures import ReconstructionPictures
-from mdgen.training.vavae import first_of_each_user, SpectrogramData, VAVAETraining
+from mdgen.training.vavae import first_of_each_user, SpectrogramData, teacher_uses, VAVAETraining
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,8 +38,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out-dir", type=Path, required=True, help="where vavae.pt, metrics.csv, curves.png and training/ go"
     )
     p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and vae sections")
-    p.add_argument("--teacher", default=None, help="results/teacher/teacher.pt (vae.use_vf domain)")
+    p.add_argument(
+        "--teacher", default=None, help="results/teacher/teacher.pt (vae.use_vf or vae.perceptual.network domain)"
+    )
     return p.parse_args(argv)
+
+
+def perceptual_name(vae: dict) -> str:
+    """How the loss line names the perceptual term."""
+    weight = vae["lossconfig"]["perceptual_weight"]
+    if weight == 0:
+        return " (no perceptual term: perceptual_weight 0)"
+    network = "the teacher's features" if vae["perceptual"]["network"] == "domain" else "LPIPS"
+    return f" + {weight} × {network}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,15 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     config = {
         "data": {k: config["data"][k] for k in ("size", "channels")},
         "vae": config["vae"],
-        **({"teacher": config["teacher"]} if config["vae"]["use_vf"] == "domain" else {}),
+        **({"teacher": config["teacher"]} if teacher_uses(config["vae"]) else {}),
     }
     vae_config = config["vae"]
     pl.seed_everything(vae_config["seed"], workers=True)
 
     teacher = None
-    if vae_config["use_vf"] == "domain":
+    if teacher_uses(vae_config):
         if args.teacher is None:
-            raise SystemExit("vae.use_vf domain aligns the latents to the spectrogram teacher: pass --teacher")
+            raise SystemExit(
+                f"the VA-VAE's {' and '.join(teacher_uses(vae_config))} need the spectrogram teacher: pass --teacher"
+            )
         # The teacher must have seen exactly the images the VA-VAE trains on: the train split.
         teacher, _ = load_teacher(args.teacher, images_seen=read_manifest(args.manifest, "train"))
         # Part of the resume fingerprint: another teacher starts training over.
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         say("No vae.weight_init: training the VA-VAE from scratch.")
     loss_config = vae_config["lossconfig"]
     say(
-        f"Loss: L1{' + LPIPS' if loss_config['perceptual_weight'] > 0 else ' (no LPIPS: perceptual_weight 0)'}"
+        f"Loss: L1{perceptual_name(vae_config)}"
         f" + KL + PatchGAN from step {loss_config['disc_start']}"
         + (
             f" + VF alignment with {vae_config['use_vf']}"

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mdgen.data.dataset import MicroDopplerDataset
-from mdgen.losses import build_lpips, FoundationModel, LPIPSWithDiscriminator, PerceptualLoss
+from mdgen.losses import build_lpips, FeaturePerceptualLoss, FoundationModel, LPIPSWithDiscriminator, PerceptualLoss
 from mdgen.models.teacher import SpectrogramTeacher
 from mdgen.models.vavae import VAVAE, vavae_kwargs
 
@@ -23,21 +23,37 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 FROZEN_PREFIXES = ("loss.perceptual_loss.", "loss.foundation_model.")
 
 
+def teacher_uses(vae: dict) -> list[str]:
+    """What the spectrogram teacher does for a VA-VAE with these settings (the config's vae
+    section): "VF alignment" (use_vf domain), "perceptual loss" (perceptual.network domain with a
+    perceptual_weight above 0), both or neither."""
+    uses = []
+    if vae["use_vf"] == "domain":
+        uses.append("VF alignment")
+    if vae["lossconfig"]["perceptual_weight"] > 0 and vae["perceptual"]["network"] == "domain":
+        uses.append("perceptual loss")
+    return uses
+
+
 def build_loss(config: dict, teacher: SpectrogramTeacher | None = None) -> LPIPSWithDiscriminator:
     """The VA-VAE loss with its frozen helpers (LPIPS backbone, vision foundation model) loaded.
-    With use_vf domain the latents align to `teacher`, loaded by the caller (load_teacher)."""
+    With use_vf domain the latents align to `teacher`, and with perceptual.network domain the
+    perceptual loss compares its activations; the caller loads it (load_teacher)."""
     vae = config["vae"]
     loss_config = vae["lossconfig"]
+    uses = teacher_uses(vae)
+    if uses and teacher is None:
+        raise ValueError(f"the VA-VAE's {' and '.join(uses)} need the spectrogram teacher: pass its teacher.pt")
     perceptual = None
-    if loss_config["perceptual_weight"] > 0:
+    if "perceptual loss" in uses:
+        perceptual = FeaturePerceptualLoss(teacher)
+    elif loss_config["perceptual_weight"] > 0:
         perceptual_config = vae["perceptual"]
         perceptual = PerceptualLoss(
             build_lpips(perceptual_config["vgg16_weights"], random_backbone=perceptual_config["random_backbone"])
         )
     foundation = None
     if vae["use_vf"] == "domain":
-        if teacher is None:
-            raise ValueError("vae.use_vf domain aligns the latents to the spectrogram teacher: pass its teacher.pt")
         foundation = teacher
     elif vae["use_vf"]:
         foundation_config = vae["foundation"]
