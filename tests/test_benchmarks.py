@@ -81,3 +81,11 @@ def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_scale(tiny_manifest,
     assert [row[0].strip() for row in rows[1:]] == ["1", "3"]  # after the header
     for row in rows[1:]:
         assert all(0 <= float(cell) <= 1 for cell in row[1:3])
+
+
+def test_validation_scale_validates_what_it_writes(capsys):
+    assert script("validation_scale").main(["--files", "150", "--workers", "1"]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[:5] == ["files", "write", "s", "validate", "s"]
+    files, _, seconds, per_second, peak = row.split()
+    assert int(files) == 150 and float(seconds) > 0 and int(per_second) > 0 and int(peak) > 10
