@@ -68,6 +68,11 @@ def run_stage(root: Path, workers: int, side: int) -> tuple[float, int]:
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"validate_dataset failed on {root}:\n{result.stderr[-3000:]}")
+    with open(root.parent / "manifest.csv") as manifest:
+        listed = sum(1 for _ in manifest) - 1  # less the header
+    files = sum(1 for _ in root.rglob("*.png"))
+    if listed != files:
+        raise SystemExit(f"the manifest lists {listed} of the {files} images: validation left some out")
     return seconds, int(result.stdout.split()[-1]) // 1024  # KiB -> MiB on Linux
 
 
