@@ -172,7 +172,7 @@ def test_vae_trains_with_the_teachers_perceptual_loss(teacher_file, tiny_manifes
         },
     )
     argv = ["--manifest", str(tiny_manifest), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
-    with pytest.raises(SystemExit, match="perceptual loss need the spectrogram teacher: pass --teacher"):
+    with pytest.raises(SystemExit, match="perceptual loss needs the spectrogram teacher: pass --teacher"):
         finetune_vae.main(argv)
     assert finetune_vae.main([*argv, "--teacher", str(teacher_file)]) == 0
     with open(tmp_path / "metrics.csv", newline="") as f:

@@ -28,7 +28,7 @@ from mdgen.models.vavae import save_official, vavae_kwargs
 from mdgen.progress import say
 from mdgen.training import fit, prepare_work_dir, trainer_from_config, write_curves
 from mdgen.training.pictures import ReconstructionPictures
-from mdgen.training.vavae import first_of_each_user, SpectrogramData, teacher_uses, VAVAETraining
+from mdgen.training.vavae import first_of_each_user, SpectrogramData, teacher_needed, teacher_uses, VAVAETraining
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = None
     if teacher_uses(vae_config):
         if args.teacher is None:
-            raise SystemExit(
-                f"the VA-VAE's {' and '.join(teacher_uses(vae_config))} need the spectrogram teacher: pass --teacher"
-            )
+            raise SystemExit(f"{teacher_needed(teacher_uses(vae_config))}: pass --teacher")
         # The teacher must have seen exactly the images the VA-VAE trains on: the train split.
         teacher, _ = load_teacher(args.teacher, images_seen=read_manifest(args.manifest, "train"))
         # Part of the resume fingerprint: another teacher starts training over.

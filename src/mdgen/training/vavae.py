@@ -35,6 +35,11 @@ def teacher_uses(vae: dict) -> list[str]:
     return uses
 
 
+def teacher_needed(uses: list[str]) -> str:
+    """The start of the message when teacher_uses(vae) is not empty but no teacher was given."""
+    return f"the VA-VAE's {' and '.join(uses)} need{'s' if len(uses) == 1 else ''} the spectrogram teacher"
+
+
 def build_loss(config: dict, teacher: SpectrogramTeacher | None = None) -> LPIPSWithDiscriminator:
     """The VA-VAE loss with its frozen helpers (LPIPS backbone, vision foundation model) loaded.
     With use_vf domain the latents align to `teacher`, and with perceptual.network domain the
@@ -43,7 +48,7 @@ def build_loss(config: dict, teacher: SpectrogramTeacher | None = None) -> LPIPS
     loss_config = vae["lossconfig"]
     uses = teacher_uses(vae)
     if uses and teacher is None:
-        raise ValueError(f"the VA-VAE's {' and '.join(uses)} need the spectrogram teacher: pass its teacher.pt")
+        raise ValueError(f"{teacher_needed(uses)}: pass its teacher.pt")
     perceptual = None
     if "perceptual loss" in uses:
         perceptual = FeaturePerceptualLoss(teacher)
