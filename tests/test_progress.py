@@ -1,8 +1,11 @@
 """Progress for people: a bar in a terminal, plain lines in a log file."""
 
+import subprocess
+import sys
 from types import SimpleNamespace
 
-from mdgen.progress import LogLines, progress, training_progress
+from mdgen.progress import progress, say
+from mdgen.training.progress import LogLines, training_progress
 
 
 def test_progress_in_a_log_writes_whole_lines(capsys):
@@ -50,3 +53,20 @@ def test_training_in_a_log_reports_lines_not_a_bar():
     settings = training_progress()  # pytest captures stdout: not a terminal
     assert settings["enable_progress_bar"] is False
     assert [type(c) for c in settings["callbacks"]] == [LogLines]
+
+
+def test_say_speaks_on_rank_zero_only_without_lightning(monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, "lightning_fabric.utilities.rank_zero", raising=False)
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    say("from rank 1")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # read before SLURM_PROCID, as Lightning does
+    say("from rank 0")
+    assert capsys.readouterr().out == "from rank 0\n"
+
+
+def test_stages_that_do_not_train_start_without_torch():
+    command = "import sys, mdgen.stages.validate_dataset, mdgen.stages.simulate_dataset; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

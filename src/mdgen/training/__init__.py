@@ -26,7 +26,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from mdgen.config import config_hash
 from mdgen.io import atomic_output, NO_SPACE
 from mdgen.plots import plot_curves
-from mdgen.progress import say, training_progress
+from mdgen.progress import say
+from mdgen.training.progress import training_progress
 
 
 def device_from_config(accelerator: str) -> torch.device:

@@ -1,0 +1,64 @@
+"""Lightning's training progress for people: its bar in a terminal, a line every 30 s in a log file
+(the rest of `mdgen.progress`, kept apart so that stages which do not train never import Lightning)."""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
+
+from mdgen.progress import interactive, LOG_INTERVAL_S
+
+
+class LogLines(pl.Callback):
+    """Lightning's progress for a log file: one line every `interval_s` seconds of training with
+    the step, the epoch, the logged metrics of the progress bar and the time left."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S):
+        self.interval_s = interval_s
+        self._start = self._last = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = self._last = time.perf_counter()
+        self._first_fraction = self.fraction_done(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if now - self._last < self.interval_s or not trainer.is_global_zero:
+            return
+        self._last = now
+        print(self.line(trainer, now), flush=True)
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            print(self.line(trainer, time.perf_counter()), flush=True)
+
+    @staticmethod
+    def fraction_done(trainer) -> float:
+        """How far training is, by whichever limit (max_steps or max_epochs) ends it first."""
+        fractions = [0.0]
+        if trainer.max_steps > 0:
+            fractions.append(trainer.global_step / trainer.max_steps)
+        batches = trainer.num_training_batches
+        if trainer.max_epochs and trainer.max_epochs > 0 and batches not in (0, float("inf")):
+            fractions.append(trainer.fit_loop.total_batch_idx / (trainer.max_epochs * batches))
+        return min(max(fractions), 1.0)
+
+    def line(self, trainer, now: float) -> str:
+        elapsed, fraction = now - self._start, self.fraction_done(trainer)
+        gained = fraction - self._first_fraction
+        eta = f", about {elapsed * (1 - fraction) / gained / 60:.1f} min left" if gained > 0 else ""
+        metrics = {k: v for k, v in trainer.progress_bar_metrics.items() if k != "v_num"}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        return (
+            f"step {trainer.global_step} (epoch {trainer.current_epoch}): {100 * fraction:.0f}% done, "
+            f"{elapsed / 60:.1f} min{eta}" + (f"; {shown}" if shown else "")
+        )
+
+
+def training_progress() -> dict:
+    """Trainer settings and callbacks for progress: Lightning's bar in a terminal, LogLines elsewhere."""
+    if interactive():
+        return {"enable_progress_bar": True, "callbacks": [TQDMProgressBar()]}
+    return {"enable_progress_bar": False, "callbacks": [LogLines()]}
