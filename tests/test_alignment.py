@@ -304,3 +304,13 @@ def test_repa_refuses_a_manifest_the_store_was_not_made_from(teacher_file, tiny_
     (tmp_path / "other.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
     with pytest.raises(SystemExit, match="is not the manifest the latent store"):
         repa_training(tiny_latents, tmp_path / "other.csv", tmp_path / "out", teacher_file)
+
+
+def test_the_vae_loss_refuses_to_build_without_its_teacher():
+    from mdgen.config import load_config
+    from mdgen.training.vavae import build_loss
+
+    vae = {"use_vf": "domain", "lossconfig": {"perceptual_weight": 1.0}, "perceptual": {"network": "domain"}}
+    config = load_config(json.dumps(tiny_config(teacher=TEACHER, vae=vae)), "data", "vae")
+    with pytest.raises(ValueError, match="VF alignment and perceptual loss need the spectrogram teacher"):
+        build_loss(config)
