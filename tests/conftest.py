@@ -136,3 +136,68 @@ def tiny_latents(tiny_manifest, tmp_path_factory) -> tuple[Path, Path]:
         == 0
     )
     return root / "latents", root / "vavae.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """(folder, seconds per rule) of the whole tiny pipeline run once by `snakemake --cores 2`, with
+    its report built. Shared: tests that change anything work on a copy."""
+    from test_workflow import snakemake, TINY
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    result = snakemake(workdir, "--cores", "2", config=TINY)
+    assert result.returncode == 0, result.stderr
+    report = snakemake(workdir, "--report", "results/report.html", config=TINY)
+    assert report.returncode == 0, report.stderr
+    seconds = {}
+    for benchmark in (workdir / "results/benchmarks").glob("*.tsv"):
+        header, values = benchmark.read_text().splitlines()[:2]
+        seconds[benchmark.stem] = float(dict(zip(header.split("\t"), values.split("\t")))["s"])
+    return workdir, seconds
+
+
+def finetune(tiny_manifest, out_dir, config):
+    """Run the finetune_vae stage on a manifest with this config; its exit status."""
+    from mdgen.stages import finetune_vae
+
+    return finetune_vae.main(
+        ["--manifest", str(tiny_manifest), "--out-dir", str(out_dir), "--config", json.dumps(config)]
+    )
+
+
+TEACHER = {"width": 4, "size": 32, "epochs": 3, "batch_size": 4}
+
+
+def teach(manifest, out_dir, *extra):
+    """Run the train_teacher stage at tiny size (TEACHER); its exit status."""
+    from mdgen.stages import train_teacher
+
+    config = json.dumps(tiny_config(teacher=TEACHER))
+    return train_teacher.main(["--manifest", str(manifest), "--out-dir", str(out_dir), "--config", config, *extra])
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tiny_manifest, tmp_path_factory):
+    """A tiny spectrogram teacher trained on the tiny manifest's train split."""
+    out = tmp_path_factory.mktemp("teacher")
+    assert teach(tiny_manifest, out) == 0
+    return out / "teacher.pt"
+
+
+def train(tiny_latents, out_dir, config):
+    """Run the train_dit stage on the tiny latent stores with this config; its exit status."""
+    from mdgen.stages import train_dit
+
+    latents, vae = tiny_latents
+    return train_dit.main(
+        ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(out_dir), "--config", json.dumps(config)]
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dit(tiny_latents, tmp_path_factory):
+    """A Micro DiT trained for 60 steps, and its config."""
+    out = tmp_path_factory.mktemp("dit")
+    config = tiny_config(dit={"trainer": {"max_steps": 60}, "val_every_n_steps": 10})
+    assert train(tiny_latents, out, config) == 0
+    return out, config

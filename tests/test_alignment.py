@@ -7,32 +7,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import teach, TEACHER, tiny_config
 from test_workflow import planned_jobs, snakemake, TINY
 
 from mdgen.data.latents import sha256_file
-from mdgen.data.validation import read_manifest
 from mdgen.losses.perceptual import FeaturePerceptualLoss
 from mdgen.losses.repa import build_projector, repa_loss
-from mdgen.models.checkpoints import CheckpointMismatchError
 from mdgen.models.lightningdit import create_model, load_dit
-from mdgen.models.teacher import images_fingerprint, load_teacher, SpectrogramTeacher, TeacherMismatchError
+from mdgen.models.teacher import SpectrogramTeacher, TeacherMismatchError
 from mdgen.models.vavae import load_vavae, VAVAE
-from mdgen.stages import finetune_vae, train_dit, train_teacher
-
-TEACHER = {"width": 4, "size": 32, "epochs": 3, "batch_size": 4}
-
-
-def teach(manifest, out_dir, *extra):
-    config = json.dumps(tiny_config(teacher=TEACHER))
-    return train_teacher.main(["--manifest", str(manifest), "--out-dir", str(out_dir), "--config", config, *extra])
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tiny_manifest, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    assert teach(tiny_manifest, out) == 0
-    return out / "teacher.pt"
+from mdgen.stages import finetune_vae, train_dit
 
 
 def test_repa_loss_equals_a_direct_computation():
@@ -71,43 +55,6 @@ def test_teacher_features_have_the_grids_vf_and_repa_ask_for(size):
     z = torch.zeros(2, 4, size // 2, size // 2)
     aligned, target = vae.align(z, teacher(images, grid=(size // 2, size // 2)))
     assert aligned.shape == target.shape == (2, 32, size // 2, size // 2)
-
-
-def test_teacher_stage_learns_and_records_what_it_saw(teacher_file, tiny_manifest):
-    out = teacher_file.parent
-    summary = json.loads((out / "teacher.json").read_text())
-    rows = read_manifest(tiny_manifest, "train")
-    assert summary["saw"] == {
-        "count": len(rows),
-        "per_user": None,
-        "subset_seed": None,
-        "fingerprint": images_fingerprint(rows),
-    }
-    assert 0 <= summary["val_accuracy"] <= 1 and summary["train_accuracy"] > 1 / 3
-    assert (out / "features.png").stat().st_size > 5_000
-    teacher, saw = load_teacher(teacher_file, images_seen=rows)
-    assert saw["paths"] == [row["path"] for row in rows]
-    assert teacher.feature_dim == 32 and not teacher.training
-    assert teacher(torch.zeros(1, 3, 32, 32), grid=(4, 4)).shape == (1, 32, 4, 4)
-
-
-def test_a_teacher_from_another_run_is_refused(teacher_file, tiny_manifest, tmp_path):
-    rows = read_manifest(tiny_manifest, "train")
-    with pytest.raises(TeacherMismatchError, match="another run, data set or low-data draw"):
-        load_teacher(teacher_file, images_seen=rows[:-1])
-    # A low-data teacher saw fewer images than a generator trained on all of them.
-    assert teach(tiny_manifest, tmp_path, "--per-user", "2") == 0
-    assert json.loads((tmp_path / "teacher.json").read_text())["saw"]["count"] == 3 * 2
-    with pytest.raises(TeacherMismatchError, match="trained on 6 images"):
-        load_teacher(tmp_path / "teacher.pt", images_seen=rows)
-
-
-def test_teacher_loads_strictly(teacher_file, tmp_path):
-    checkpoint = torch.load(teacher_file, weights_only=True)
-    checkpoint["state_dict"]["net.extra.weight"] = checkpoint["state_dict"].pop("net.head.weight")
-    torch.save(checkpoint, tmp_path / "renamed.pt")
-    with pytest.raises(CheckpointMismatchError, match=r"net\.head\.weight[\s\S]*net\.extra\.weight"):
-        load_teacher(tmp_path / "renamed.pt")
 
 
 def test_vae_aligns_to_the_teacher(teacher_file, tiny_manifest, tmp_path):

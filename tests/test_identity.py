@@ -1,17 +1,13 @@
 """Where identity is lost: the reconstruction diagnostics on autoencoders whose answer is known."""
 
-import json
-
 import pytest
 import torch
-from conftest import tiny_config
 from torch import nn
 
 from mdgen.data.dataset import class_label, MicroDopplerDataset
 from mdgen.data.validation import read_manifest
 from mdgen.evaluation.classifier import load_images, Recipe
 from mdgen.evaluation.identity import format_identity_table, judge_view, reconstruct, reconstruction_identity
-from mdgen.stages.evaluate_vae import main as evaluate_vae
 
 RECIPE = Recipe(epochs=20, size=32, batch_size=4)
 SEEDS = [0, 1]
@@ -93,17 +89,3 @@ def test_identity_table_lines_name_every_generator_and_step():
     assert len(lines) == 3 and "CAS" in lines[0] and "real val" in lines[0]
     assert lines[1].split()[0] == "real_train" and lines[1].count("0.500") == 4
     assert lines[2].split()[0] == "k4" and lines[2].count("0.500") == 3 and "–" in lines[2]
-
-
-def test_evaluate_vae_writes_the_identity_table(tiny_manifest, tmp_path):
-    from mdgen.models.vavae import save_official, VAVAE, vavae_kwargs
-
-    config = tiny_config(evaluation={"seeds": SEEDS, "classifier": {"epochs": 5, "size": 32, "batch_size": 4}})
-    save_official(tmp_path / "vavae.pt", VAVAE(**vavae_kwargs(config)), {"model": vavae_kwargs(config), **config})
-    out = tmp_path / "eval.json"
-    args = ["--manifest", str(tiny_manifest), "--vae", str(tmp_path / "vavae.pt"), "--config", json.dumps(config)]
-    assert evaluate_vae([*args, "--out-json", str(out), "--out-png", str(tmp_path / "recon.png")]) == 0
-    table = json.loads(out.read_text())["identity"]
-    assert table["judge"].startswith("evaluation classifier (cnn, 32 px) trained on real train, seeds [0, 1]")
-    for key in ("real_val", "reconstructions", "reconstruction_judge"):
-        assert len(table[key]["runs"]) == 2 and 0 <= table[key]["mean"] <= 1

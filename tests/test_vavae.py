@@ -12,6 +12,7 @@ from mdgen.models.vavae import (
     load_vavae,
     save_official,
     VAVAE,
+    vavae_kwargs,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -262,3 +263,19 @@ def test_save_official_needs_the_constructor_kwargs(tmp_path):
     with pytest.raises(ValueError, match=r"extra_state may only hold.*'decoder.extra'"):
         save_official(tmp_path / "x.pt", seeded(), {"model": TINY}, extra_state={"decoder.extra": torch.zeros(1)})
     assert not list(tmp_path.iterdir())
+
+
+def test_official_f16d32_state_dict_loads_strictly_into_the_paper_preset_model():
+    """The paper preset builds exactly the released architecture: every official key and shape fits."""
+    from conftest import REPO
+
+    from mdgen.config import load_config
+
+    config = load_config(str(REPO / "config" / "presets" / "paper.yaml"), "data", "vae")
+    model = VAVAE(**vavae_kwargs(config))
+    official = json.loads((REPO / "tests" / "fixtures" / "vavae_official_keys.json").read_text())["f16d32_dinov2"]
+    state = {key: torch.zeros(shape) for key, shape in official.items()}
+    state |= {"loss.logvar": torch.zeros(()), "foundation_model.model.cls_token": torch.zeros(1, 1, 1024)}
+    report = model.load_pretrained({"state_dict": state})
+    assert len(report.loaded) == len(official) == len(model.state_dict())
+    assert set(report.dropped) == {"loss.", "foundation_model."}

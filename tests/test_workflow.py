@@ -4,8 +4,10 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +39,26 @@ STAGES = [
 MANIFEST = "results/dataset/manifest.csv"
 
 
-def snakemake(workdir, *args, config=None):
-    """Run the real snakemake command line on this repository's Snakefile in `workdir`."""
+# Rules call `python`: make it this interpreter, whatever the caller's PATH says.
+ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake_command(workdir, *args, config=None) -> list[str]:
+    """The real snakemake command line on this repository's Snakefile in `workdir`; with `config`,
+    written to `workdir`/test.yaml, else that file if an earlier call wrote it. Run it with ENV."""
     workdir = Path(workdir)
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
     if config is not None:
         (workdir / "test.yaml").write_text(yaml.safe_dump(config))
+    if (workdir / "test.yaml").exists():
         command += ["--configfile", str(workdir / "test.yaml")]
-    # Rules call `python`: make it this interpreter, whatever the caller's PATH says.
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    return command
+
+
+def snakemake(workdir, *args, config=None):
+    """Run the real snakemake command line on this repository's Snakefile in `workdir`."""
+    command = snakemake_command(workdir, *args, config=config)
+    return subprocess.run(command, cwd=workdir, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 def planned_jobs(result):
@@ -167,9 +179,9 @@ def test_schema_fills_defaults(tmp_path):
         assert default in output, default
 
 
-def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
-    result = snakemake(tmp_path, "--cores", "2", config=TINY)
-    assert result.returncode == 0, result.stderr
+def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tiny_run, tmp_path):
+    tmp_path = tmp_path / "run"  # a copy of the shared run (`snakemake --cores 2`, then --report)
+    shutil.copytree(tiny_run[0], tmp_path, symlinks=True)
 
     rows = read_csv(tmp_path / "results/dataset/manifest.csv")
     assert len(rows) == 4 * (3 + 2)
@@ -219,8 +231,6 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
     assert report["real_only"]["val_accuracy"]["runs"] and report["low_data"] == {}
 
     # The report's front page states the run's answer, with links to its figures.
-    built = snakemake(tmp_path, "--report", "results/report.html", config=TINY)
-    assert built.returncode == 0, built.stderr
     page = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", (tmp_path / "results/report.html").read_text())[1])
     cas = report["synthetic_only"]["val_accuracy"]
     assert f"<td>{cas['mean']:.3f} ± {cas['std']:.3f}</td>" in page and "Does the generator keep the person?" in page
@@ -242,6 +252,77 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tmp_path):
     for name, (change, expected) in changes.items():
         changed = {section: TINY.get(section, {}) | change.get(section, {}) for section in TINY | change}
         assert planned_jobs(snakemake(tmp_path, "-n", config=changed)) == set(expected), name
+
+
+CONTRACT = REPO / "tests" / "fixtures" / "tiny_run_contract.json"
+# What records the run rather than its results, and training's resumable state (named by time).
+NOT_IN_CONTRACT = {".snakemake", "logs", "benchmarks", "training", "test.yaml"}
+
+
+def describe(path: Path) -> str | dict | list:
+    """What a user relies on in an output: a picture's size and mode, a table's columns, a JSON
+    file's keys, a store's arrays, a checkpoint's entries; never the values a run computes."""
+    if path.suffix == ".png":
+        with Image.open(path) as image:
+            return f"png {image.size[0]}x{image.size[1]} {image.mode}"
+    if path.suffix == ".csv":
+        return f"csv: {path.read_text().splitlines()[0]}"
+    if path.suffix == ".json":
+        return json_keys(json.loads(path.read_text()))
+    if path.suffix == ".zarr":
+        with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp is no zarr object
+            warnings.simplefilter("ignore")
+            group = zarr.open_group(path, mode="r")
+            arrays = {name: f"{array.dtype} {list(array.shape)}" for name, array in sorted(group.arrays())}
+        return arrays | {"attrs": sorted(group.attrs)}
+    if path.suffix == ".pt":
+        return sorted(torch.load(path, map_location="cpu", weights_only=False))
+    return "file"
+
+
+def json_keys(value, prefix=""):
+    """The key paths of a JSON document (lists by their first item)."""
+    if isinstance(value, dict):
+        return sorted(key for name, item in value.items() for key in json_keys(item, f"{prefix}{name}.")) or [prefix]
+    if isinstance(value, list) and value and isinstance(value[0], (dict, list)):
+        return json_keys(value[0], f"{prefix}[].")
+    return [prefix.rstrip(".")]
+
+
+def run_contract(workdir: Path) -> dict:
+    """The tiny run as its users see it: the config keys it accepts, the rules that ran, every
+    output file (zarr stores as one) and what it holds."""
+    outputs = {}
+    pending = [workdir / "results", workdir / "resources"]
+    while pending:
+        for path in sorted(pending.pop().iterdir()):
+            if path.name in NOT_IN_CONTRACT:
+                continue
+            if path.is_dir() and path.suffix != ".zarr":
+                pending.append(path)
+            else:
+                outputs[str(path.relative_to(workdir))] = describe(path)
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return {
+        "config_keys": json_keys(default),
+        "rules": sorted(p.stem for p in (workdir / "results" / "benchmarks").glob("*.tsv")),
+        "outputs": dict(sorted(outputs.items())),
+    }
+
+
+def test_the_tiny_run_keeps_its_contract(tiny_run):
+    """Nothing a user runs changes unnoticed: same config keys, rules, output files and what they
+    hold as the contract written when the layout was settled. A deliberate change rewrites it:
+    MDGEN_WRITE_CONTRACT=1 pytest tests/test_workflow.py -k contract, and the diff is reviewed."""
+    contract = run_contract(tiny_run[0])
+    if os.environ.get("MDGEN_WRITE_CONTRACT"):
+        CONTRACT.write_text(json.dumps(contract, indent=1, ensure_ascii=False) + "\n")
+    expected = json.loads(CONTRACT.read_text())
+    for part in ("config_keys", "rules"):
+        assert contract[part] == expected[part], part
+    assert contract["outputs"].keys() == expected["outputs"].keys()
+    for path, described in expected["outputs"].items():
+        assert contract["outputs"][path] == described, path
 
 
 def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):

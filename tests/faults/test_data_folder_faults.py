@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_config
-from test_validation import make_tree, NUM_CLASSES, save_image, SIZE
+from test_validate_dataset import make_tree, NUM_CLASSES, save_image, SIZE
 
 from mdgen.data.validation import read_manifest
 from mdgen.stages.validate_dataset import main

@@ -4,12 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config, write_vae_eval
 
 from mdgen.config import load_config
 from mdgen.models.lightningdit import create_model
 from mdgen.sampling import guided_velocity
-from mdgen.stages.evaluate_generation import main as evaluate
 from mdgen.stages.evaluate_generation import parse_low_data
 
 
@@ -36,22 +34,3 @@ def test_guidance_without_label_dropout_explains_what_to_set():
         guided_velocity(model, labels, {"cfg_scale": 4.0, "cfg_interval_start": 0.0, "guidance_channels": None})
     velocity = guided_velocity(model, labels, {"cfg_scale": 1.0})  # no guidance needs no null label
     assert velocity(torch.zeros(2, 4, 4, 4), torch.full((2,), 0.5)).shape == (2, 4, 4, 4)
-
-
-def test_evaluation_refuses_a_user_without_samples(tiny_manifest, tmp_path):
-    (tmp_path / "samples" / "user_00").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="user_00 holds no samples: every user needs samples"):
-        evaluate(
-            [
-                "--manifest",
-                str(tiny_manifest),
-                "--samples",
-                str(tmp_path / "samples"),
-                "--vae-eval",
-                str(write_vae_eval(tmp_path / "vae_eval.json", tiny_config()["evaluation"])),
-                "--out-dir",
-                str(tmp_path / "eval"),
-                "--config",
-                json.dumps(tiny_config()),
-            ]
-        )

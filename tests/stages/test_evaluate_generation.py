@@ -149,3 +149,22 @@ def test_too_few_samples_for_a_ratio_is_a_clear_error(tiny_manifest, tmp_path):
                 json.dumps(config),
             ]
         )
+
+
+def test_evaluation_refuses_a_user_without_samples(tiny_manifest, tmp_path):
+    (tmp_path / "samples" / "user_00").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="user_00 holds no samples: every user needs samples"):
+        evaluate(
+            [
+                "--manifest",
+                str(tiny_manifest),
+                "--samples",
+                str(tmp_path / "samples"),
+                "--vae-eval",
+                str(write_vae_eval(tmp_path / "vae_eval.json", tiny_config()["evaluation"])),
+                "--out-dir",
+                str(tmp_path / "eval"),
+                "--config",
+                json.dumps(tiny_config()),
+            ]
+        )

@@ -1,4 +1,6 @@
-"""The finetune_vae and evaluate_vae stages, run for real on a tiny simulated data set."""
+"""The finetune_vae stage, run for real on a tiny simulated data set: it learns, exports the official
+layout, resumes after a kill, starts over on a changed config or a cut checkpoint, and stops on
+non-finite gradients."""
 
 import csv
 import json
@@ -6,18 +8,11 @@ import sys
 
 import pytest
 import torch
-from conftest import kill_at_checkpoint, tiny_config
+from conftest import finetune, kill_at_checkpoint, tiny_config
 
 from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
 from mdgen.stages import finetune_vae
-from mdgen.stages.evaluate_vae import main as evaluate
 from mdgen.training import vavae as vavae_training
-
-
-def run(tiny_manifest, out_dir, config):
-    return finetune_vae.main(
-        ["--manifest", str(tiny_manifest), "--out-dir", str(out_dir), "--config", json.dumps(config)]
-    )
 
 
 def train_rec_loss(metrics_csv):
@@ -27,7 +22,7 @@ def train_rec_loss(metrics_csv):
 
 def test_tiny_finetune_learns_and_exports_the_official_layout(tiny_manifest, tmp_path):
     config = tiny_config()
-    assert run(tiny_manifest, tmp_path, config) == 0
+    assert finetune(tiny_manifest, tmp_path, config) == 0
 
     losses = [loss for _, loss in train_rec_loss(tmp_path / "metrics.csv")]
     assert len(losses) == 20  # 40 global steps = 20 batches: each batch steps both optimizers
@@ -45,7 +40,7 @@ def test_tiny_finetune_learns_and_exports_the_official_layout(tiny_manifest, tmp
 
 
 def test_adversarial_terms_are_off_before_disc_start(tiny_manifest, tmp_path):
-    assert run(tiny_manifest, tmp_path, tiny_config()) == 0
+    assert finetune(tiny_manifest, tmp_path, tiny_config()) == 0
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/disc_factor")]
     # The logged step counts batches; disc_start counts optimizer steps, two per batch (official).
@@ -91,7 +86,7 @@ def test_interrupted_finetune_resumes_at_the_saved_step_with_the_same_optimizer_
         "trainer_from_config",
         lambda cfg, work_dir, callbacks, **kw: build(cfg, work_dir, [*callbacks, Capture()], **kw),
     )
-    assert run(tiny_manifest, tmp_path, config) == 0
+    assert finetune(tiny_manifest, tmp_path, config) == 0
     assert seen["step"] == saved_step
     for restored, stored in zip(seen["optimizers"], saved["optimizer_states"]):
         assert restored["state"].keys() == stored["state"].keys()
@@ -102,20 +97,23 @@ def test_interrupted_finetune_resumes_at_the_saved_step_with_the_same_optimizer_
 
 
 def test_changed_config_starts_over(tiny_manifest, tmp_path, capsys):
-    assert run(tiny_manifest, tmp_path, tiny_config(vae={"trainer": {"max_steps": 8}})) == 0
-    assert run(tiny_manifest, tmp_path, tiny_config(vae={"trainer": {"max_steps": 8}, "base_learning_rate": 1e-4})) == 0
+    assert finetune(tiny_manifest, tmp_path, tiny_config(vae={"trainer": {"max_steps": 8}})) == 0
+    assert (
+        finetune(tiny_manifest, tmp_path, tiny_config(vae={"trainer": {"max_steps": 8}, "base_learning_rate": 1e-4}))
+        == 0
+    )
     output = capsys.readouterr().out
     assert "configuration changed" in output and "Resuming" not in output
 
 
 def test_a_truncated_last_checkpoint_is_set_aside_and_training_starts_over(tiny_manifest, tmp_path, capsys):
     config = tiny_config(vae={"trainer": {"max_steps": 8}})
-    assert run(tiny_manifest, tmp_path, config) == 0
+    assert finetune(tiny_manifest, tmp_path, config) == 0
     last = tmp_path / "training/checkpoints/last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # as a kill during the write leaves it
     (tmp_path / "vavae.pt").unlink()
     capsys.readouterr()
-    assert run(tiny_manifest, tmp_path, config) == 0
+    assert finetune(tiny_manifest, tmp_path, config) == 0
     output = capsys.readouterr().out
     assert "last.ckpt cannot be read" in output and "starting over" in output and "Resuming" not in output
     assert (tmp_path / "training/checkpoints/last.ckpt.unreadable").exists()
@@ -132,7 +130,7 @@ def test_finetune_from_an_official_checkpoint_reports_what_it_loaded(tiny_manife
     }
     torch.save({"state_dict": state}, tmp_path / "official.pt")
     config["vae"]["weight_init"] = str(tmp_path / "official.pt")
-    assert run(tiny_manifest, tmp_path / "out", config) == 0
+    assert finetune(tiny_manifest, tmp_path / "out", config) == 0
     output = capsys.readouterr().out
     assert "foundation_model" in output and "linear_proj" in output and "loss.logvar" in output
     exported = torch.load(tmp_path / "out" / "vavae.pt", weights_only=True)["state_dict"]
@@ -163,7 +161,7 @@ def test_finetune_with_lpips_and_vf_alignment_runs(tiny_manifest, tmp_path, monk
     narrow = lambda cfg: vavae_kwargs(cfg) | {"vf_feature_dim": 64}
     monkeypatch.setattr(finetune_vae, "vavae_kwargs", narrow)
     monkeypatch.setattr(vavae_training, "vavae_kwargs", narrow)
-    assert run(tiny_manifest, tmp_path, config) == 0
+    assert finetune(tiny_manifest, tmp_path, config) == 0
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/vf_loss")]
     assert rows and all(float(r["train/vf_weight"]) > 0 for r in rows)
@@ -171,52 +169,6 @@ def test_finetune_with_lpips_and_vf_alignment_runs(tiny_manifest, tmp_path, monk
     assert state["linear_proj.weight"].shape == (64, 4, 1, 1)
     ckpt = torch.load(tmp_path / "training" / "checkpoints" / "last.ckpt", weights_only=False)
     assert not any(k.startswith(vavae_training.FROZEN_PREFIXES) for k in ckpt["state_dict"])
-
-
-def test_evaluate_vae_compares_initial_and_fine_tuned(tiny_manifest, tmp_path):
-    config = tiny_config()
-    assert run(tiny_manifest, tmp_path, config) == 0
-    out_json, out_png = tmp_path / "eval.json", tmp_path / "reconstructions.png"
-    assert (
-        evaluate(
-            [
-                "--manifest",
-                str(tiny_manifest),
-                "--vae",
-                str(tmp_path / "vavae.pt"),
-                "--config",
-                json.dumps(config),
-                "--out-json",
-                str(out_json),
-                "--out-png",
-                str(out_png),
-            ]
-        )
-        == 0
-    )
-    report = json.loads(out_json.read_text())
-    assert report["images"] == 6 and report["initial_weights"] == "initial (random init)"
-    assert report["fine_tuned"]["psnr"] > report["initial"]["psnr"] + 3
-    assert 0 < report["fine_tuned"]["ssim"] <= 1
-    assert len(report["fine_tuned"]["latent_mean"]) == 4 and all(s > 0 for s in report["fine_tuned"]["latent_std"])
-    assert report["lpips_available"] is (report["fine_tuned"]["lpips"] is not None)
-    assert out_png.stat().st_size > 10_000
-
-
-def test_official_f16d32_state_dict_loads_strictly_into_the_paper_preset_model():
-    """The paper preset builds exactly the released architecture: every official key and shape fits."""
-    from conftest import REPO
-
-    from mdgen.config import load_config
-
-    config = load_config(str(REPO / "config" / "presets" / "paper.yaml"), "data", "vae")
-    model = VAVAE(**vavae_kwargs(config))
-    official = json.loads((REPO / "tests" / "fixtures" / "vavae_official_keys.json").read_text())["f16d32_dinov2"]
-    state = {key: torch.zeros(shape) for key, shape in official.items()}
-    state |= {"loss.logvar": torch.zeros(()), "foundation_model.model.cls_token": torch.zeros(1, 1, 1024)}
-    report = model.load_pretrained({"state_dict": state})
-    assert len(report.loaded) == len(official) == len(model.state_dict())
-    assert set(report.dropped) == {"loss.", "foundation_model."}
 
 
 def test_non_finite_gradients_stop_the_vae_before_the_step(tiny_manifest, tmp_path, monkeypatch):
@@ -230,7 +182,7 @@ def test_non_finite_gradients_stop_the_vae_before_the_step(tiny_manifest, tmp_pa
 
     monkeypatch.setattr(vavae_training.VAVAETraining, "_autoencoder_loss", loss_that_turns_nan)
     with pytest.raises(SystemExit, match="VAVAETraining: non-finite gradients at step 8 "):
-        run(tiny_manifest, tmp_path, tiny_config())  # two optimizer steps per batch: the 5th batch starts at 8
+        finetune(tiny_manifest, tmp_path, tiny_config())  # two optimizer steps per batch: the 5th batch starts at 8
     assert not (tmp_path / "vavae.pt").exists()
     checkpoint = torch.load(tmp_path / "training/checkpoints/last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 8
