@@ -170,6 +170,7 @@ def test_slurm_profile_plans_the_whole_dag_from_the_repository_root(profile_args
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "Using profile slurm" in output
+    # "Using profiles slurm and workflow specific profile profiles/default ..."
+    assert re.search(r"Using profiles? slurm\b", output), output
     for rule in ("simulate_dataset", "finetune_vae", "train_dit", "sample", "evaluate_generation"):
         assert re.search(rf"^{rule}\s+1$", output, re.M), rule
