@@ -18,9 +18,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/pytest
 
+# Debian's chromium is for the report's browser test (tests/test_report_browser.py).
 # ci/slurm/up.sh installs SLURM from Debian's packages and starts its daemons; down.sh stops them
 # by PID, whatever the tests did. MDGEN_REQUIRE_SLURM turns "no cluster" into a failure, not a skip.
 ci: $(VENV)/.installed
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	bash ci/slurm/up.sh
 	MDGEN_REQUIRE_SLURM=1 $(BIN)/pytest; status=$$?; bash ci/slurm/down.sh; exit $$status
 

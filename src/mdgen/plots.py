@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -90,8 +91,8 @@ def image_grid(
                 ax.set_title(column_labels[j], fontsize=9)
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=9)
-    if title:
-        fig.suptitle(title)
+    if title:  # wrapped to the figure's width (about 7 characters an inch), never cut off
+        fig.suptitle(textwrap.fill(title, width=max(16, int(figsize[0] * 7))))
     save(fig, out_png)
 
 

@@ -1,5 +1,7 @@
 # Shared by all rule files. Config validation, data set location, run-time environment.
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -287,17 +289,40 @@ def alignment_args(wildcards, input):
     )
 
 
-def report_answer(generation_json):
+def report_answer(generation_json, grid_png):
     """What the report's front page states (workflow/report/workflow.rst): the identity table and
-    real vs real + synthetic of a finished evaluation, as text cells; None before there is one, or
-    for a file an older mdgen wrote (the page then says there is no evaluation yet)."""
+    real vs real + synthetic of a finished evaluation, as text cells, and the sample grid; None
+    before there is one, or for a file an older mdgen wrote (the page then says there is no
+    evaluation yet)."""
     path = Path(generation_json)
     if not path.exists():
         return None
     try:
-        return answer_table(json.loads(path.read_text()))
+        answer = answer_table(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError):
         return None
+    return answer | {"grid": picture_uri(grid_png)}
+
+
+def picture_uri(png, longest=1600):
+    """The PNG as a data URI the front page shows inline (the report is one self-contained file),
+    scaled so that its longer side is at most `longest` pixels, as the argument of an rST image
+    directive; None without the file, or without Pillow where Snakemake runs (the page then links
+    the picture only)."""
+    if not Path(png).exists():
+        return None
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    with Image.open(png) as image:
+        image.thumbnail((longest, longest))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    uri = f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+    # In lines docutils accepts (it refuses lines over 10 000 characters), indented under the
+    # image directive, which joins them again.
+    return "\n   ".join(uri[i : i + 4000] for i in range(0, len(uri), 4000))
 
 
 def answer_table(results):
@@ -322,4 +347,6 @@ def answer_table(results):
 
 # The report's front page template sees only the config (snakemake.config), so the answer of a
 # finished run travels there; no rule reads this key.
-config["report_answer"] = report_answer("results/eval/generation.json")
+config["report_answer"] = report_answer(
+    "results/eval/generation.json", "results/samples/grid.png"
+)
