@@ -20,7 +20,7 @@ that was descheduled): give the process the cores its threads use.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import timm
@@ -47,9 +47,13 @@ def load_images(paths: list[str], channels: int, size: int) -> torch.Tensor:
     """
     if not paths:
         raise ValueError("load_images got no paths: expected at least one spectrogram file")
+    return as_judged((load_spectrogram(path, channels) for path in paths), size)
+
+
+def as_judged(images: Iterable[Image.Image], size: int) -> torch.Tensor:
+    """Images as the classifier sees them: resized to size × size with LANCZOS, stacked in [-1, 1]."""
     tensors = []
-    for path in paths:
-        image = load_spectrogram(path, channels)
+    for image in images:
         if image.size != (size, size):
             image = image.resize((size, size), Image.LANCZOS)
         tensors.append(to_tensor(image))

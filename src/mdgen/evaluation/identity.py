@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mdgen.data.dataset import class_label, MicroDopplerDataset, to_tensor, to_uint8
-from mdgen.evaluation.classifier import load_images, predict, Recipe, train_classifier
+from mdgen.data.dataset import class_label, MicroDopplerDataset, to_uint8
+from mdgen.evaluation.classifier import as_judged, load_images, predict, Recipe, train_classifier
 from mdgen.evaluation.study import summary
 
 
@@ -43,13 +43,7 @@ def reconstruct(vae, batches: Iterable[torch.Tensor]) -> list[np.ndarray]:
 def judge_view(arrays: list[np.ndarray], size: int) -> torch.Tensor:
     """uint8 images as the classifier sees a file: resized to size × size with LANCZOS, in [-1, 1]
     (the same path load_images takes for a sample PNG)."""
-    tensors = []
-    for array in arrays:
-        image = Image.fromarray(array)
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.LANCZOS)
-        tensors.append(to_tensor(image))
-    return torch.stack(tensors)
+    return as_judged((Image.fromarray(array) for array in arrays), size)
 
 
 def judge_name(recipe: Recipe, seeds: list[int]) -> str:
