@@ -172,6 +172,7 @@ def test_repa_trains_and_keeps_the_projector_out_of_the_official_weights(
     assert model(torch.zeros(1, 4, 16, 16), torch.ones(1), torch.zeros(1, dtype=torch.long)).shape == (1, 4, 16, 16)
 
 
+@pytest.mark.fault
 def test_low_data_repa_refuses_the_full_teacher(teacher_file, tiny_latents, tiny_manifest, tmp_path):
     with pytest.raises(TeacherMismatchError, match="trained on 12 images"):
         repa_training(tiny_latents, tiny_manifest, tmp_path, teacher_file, "--per-user", "2")
@@ -238,6 +239,7 @@ def test_repa_refuses_to_start_without_its_images_or_teacher(tiny_latents, tiny_
     assert not (tmp_path / "dit.pt").exists()
 
 
+@pytest.mark.fault
 def test_evaluation_refuses_a_teacher_named_for_no_training_set(teacher_file, tiny_manifest, tmp_path):
     from test_evaluate_generation import noise_samples, run
 
@@ -246,6 +248,7 @@ def test_evaluation_refuses_a_teacher_named_for_no_training_set(teacher_file, ti
         run(tiny_manifest, samples, tmp_path / "eval", f"--teacher=k9={teacher_file}")
 
 
+@pytest.mark.fault
 def test_repa_refuses_a_manifest_the_store_was_not_made_from(teacher_file, tiny_latents, tiny_manifest, tmp_path):
     lines = tiny_manifest.read_text().splitlines()
     (tmp_path / "other.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")

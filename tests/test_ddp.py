@@ -162,6 +162,7 @@ def test_sampling_with_two_processes_writes_the_files_of_one(ddp_dit, tiny_laten
             assert np.abs(difference).max() <= 2, name
 
 
+@pytest.mark.fault
 def test_ddp_training_killed_mid_run_resumes_from_last_ckpt(tiny_latents, tmp_path):
     """As after a preemption: kill the whole torchrun group, rerun, continue from the saved step."""
     config = tiny_config(dit={"trainer": {"max_steps": 200, "devices": 2}})

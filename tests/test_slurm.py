@@ -91,6 +91,7 @@ def kill_when_checkpointed(run: subprocess.Popen, slurm_dir: Path, rule: str, st
     pytest.fail(f"{rule} wrote no checkpoint at step {step} (snakemake exit status {run.poll()})")
 
 
+@pytest.mark.fault
 def test_tiny_pipeline_runs_through_slurm_with_the_project_profile(cluster, tmp_path, capsys):
     # The trainers on "auto" (the default), so the GPU rules ask for a GPU: the fake one of the CI
     # cluster, with no CUDA behind it, so Lightning trains on the CPU. The DiT trains long enough

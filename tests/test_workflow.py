@@ -145,6 +145,7 @@ def test_default_config_plans_the_whole_dag():
         ({"sample": {"per_user": 1}}, "sample.per_user 1 does not cover the largest evaluation.ratios 0.5"),
     ],
 )
+@pytest.mark.fault
 def test_bad_config_is_rejected_with_the_key_named(tmp_path, change, message):
     config = {section: TINY[section] | change.get(section, {}) for section in TINY} | {
         k: v for k, v in change.items() if k not in TINY
@@ -414,6 +415,7 @@ def test_folder_data_with_a_bad_file_fails_under_fail_and_is_skipped_under_skip(
     assert {p: p.read_bytes() for p in user_folder.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.fault
 def test_adding_a_file_to_the_users_folder_reruns_validation(tmp_path, user_folder):
     (user_folder / "train/user_01/notes.png").unlink()
     config = folder_config(user_folder, "fail")

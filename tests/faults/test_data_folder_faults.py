@@ -21,6 +21,8 @@ from test_validate_dataset import make_tree, NUM_CLASSES, save_image, SIZE
 from mdgen.data.validation import read_manifest
 from mdgen.stages.validate_dataset import main
 
+pytestmark = pytest.mark.fault  # every case here injects a fault (docs/faults.md)
+
 
 def snapshot(root):
     """Every entry's type, link target and, for regular files, content: never opens a FIFO or socket."""

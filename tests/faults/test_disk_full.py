@@ -18,6 +18,8 @@ from conftest import tiny_config
 
 from mdgen.stages import train_dit
 
+pytestmark = pytest.mark.fault  # every case here injects a fault (docs/faults.md)
+
 
 def limited(module: str, argv: list[str], limit_bytes: int) -> subprocess.CompletedProcess:
     def limit():

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from test_workflow import ENV, planned_jobs, snakemake, snakemake_command
 
+pytestmark = pytest.mark.fault  # every case here injects a fault (docs/faults.md)
+
 SHORT_STAGES = [
     "simulate_dataset",
     "validate_dataset",

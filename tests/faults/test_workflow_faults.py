@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 from test_workflow import folder_config, MANIFEST, planned_jobs, REPO, snakemake, TINY
+
+pytestmark = pytest.mark.fault  # every case here injects a fault (docs/faults.md)
 
 
 def user_data(root: Path, seed: int = 0) -> Path:

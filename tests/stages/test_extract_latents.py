@@ -168,6 +168,7 @@ extract_latents.main(sys.argv[2:])
 """
 
 
+@pytest.mark.fault
 def test_an_interrupted_run_leaves_no_store_and_the_rerun_cleans_up(tmp_path, tiny_manifest, vae_file, capsys):
     out_dir = tmp_path / "latents"
     writing = tmp_path / "writing"
@@ -222,6 +223,7 @@ def test_atomic_directory_replaces_only_after_success(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["train.zarr"]  # no temporary or replaced folder left
 
 
+@pytest.mark.fault
 def test_dataset_refuses_a_store_of_another_vae(means_dir, vae_file, tmp_path):
     assert sha256_file(vae_file, block_size=1000) == hashlib.sha256(vae_file.read_bytes()).hexdigest()
     assert len(LatentDataset(means_dir / "train.zarr", vae_path=vae_file)) == 12
@@ -256,6 +258,7 @@ def test_chunked_reading_gives_the_in_memory_items(means_dir):
     assert sequential.chunks_read == 3  # chunks of 5: [0, 5), [5, 10), [10, 12), each read once
 
 
+@pytest.mark.fault
 def test_store_that_disagrees_with_the_manifest_is_an_error(means_dir, tiny_manifest, tmp_path):
     rows = read_manifest(tiny_manifest, "train")
     store = open_latent_store(means_dir / "train.zarr")

@@ -51,6 +51,7 @@ def test_adversarial_terms_are_off_before_disc_start(tiny_manifest, tmp_path):
     assert all(float(r["train/disc_factor"]) == 1 and float(r["train/d_weight"]) > 0 for r in after)
 
 
+@pytest.mark.fault
 def test_interrupted_finetune_resumes_at_the_saved_step_with_the_same_optimizer_state(
     tiny_manifest, tmp_path, monkeypatch
 ):
@@ -106,6 +107,7 @@ def test_changed_config_starts_over(tiny_manifest, tmp_path, capsys):
     assert "configuration changed" in output and "Resuming" not in output
 
 
+@pytest.mark.fault
 def test_a_truncated_last_checkpoint_is_set_aside_and_training_starts_over(tiny_manifest, tmp_path, capsys):
     config = tiny_config(vae={"trainer": {"max_steps": 8}})
     assert finetune(tiny_manifest, tmp_path, config) == 0
@@ -171,6 +173,7 @@ def test_finetune_with_lpips_and_vf_alignment_runs(tiny_manifest, tmp_path, monk
     assert not any(k.startswith(vavae_training.FROZEN_PREFIXES) for k in ckpt["state_dict"])
 
 
+@pytest.mark.fault
 def test_non_finite_gradients_stop_the_vae_before_the_step(tiny_manifest, tmp_path, monkeypatch):
     calls = {"count": 0}
     real_loss = vavae_training.VAVAETraining._autoencoder_loss

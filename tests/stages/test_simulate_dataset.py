@@ -40,6 +40,7 @@ def test_different_users_look_different(tmp_path):
     assert np.abs(images["user_00"] - images["user_01"]).mean() > 5
 
 
+@pytest.mark.fault
 def test_simulator_refuses_to_overwrite_a_folder_it_did_not_write(tmp_path):
     foreign = tmp_path / "data"
     (foreign / "train").mkdir(parents=True)

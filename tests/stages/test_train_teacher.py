@@ -30,6 +30,7 @@ def test_teacher_stage_learns_and_records_what_it_saw(teacher_file, tiny_manifes
     assert teacher(torch.zeros(1, 3, 32, 32), grid=(4, 4)).shape == (1, 32, 4, 4)
 
 
+@pytest.mark.fault
 def test_a_teacher_from_another_run_is_refused(teacher_file, tiny_manifest, tmp_path):
     rows = read_manifest(tiny_manifest, "train")
     with pytest.raises(TeacherMismatchError, match="another run, data set or low-data draw"):

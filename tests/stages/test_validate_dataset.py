@@ -277,6 +277,7 @@ def test_zero_byte_file(run_stage, root):
     assert_rejected(run_stage, good, bad, "empty_file")
 
 
+@pytest.mark.fault
 def test_truncated_png(run_stage, root):
     good = make_tree(root)
     data = Path(good[0]).read_bytes()
@@ -290,6 +291,7 @@ def idat_data_range(png: bytes):
     return start, start + struct.unpack(">I", png[start - 8 : start - 4])[0]
 
 
+@pytest.mark.fault
 def test_corrupt_png_of_the_right_length(run_stage, root):
     good = make_tree(root)
     data = bytearray(Path(good[1]).read_bytes())
