@@ -10,7 +10,8 @@ the key names are checked too), the same inputs, thread count and precision. The
 checks the outputs agree (forward and flow loss on the same t and noise), then times, alternating
 the two models so that a machine's drift hits both alike:
 - a DiT training step (forward, backward, AdamW step) on f16d32 latents of 256 px images
-  (32 × 16 × 16), in images/s;
+  (32 × 16 × 16), in images/s, each with its own recipe's optimizer (mdgen's fused AdamW, the
+  official train.py's torch.optim.AdamW with torch's defaults), the update checked equal first;
 - the VA-VAE f16d32 of the paper (ch 128, ch_mult [1, 1, 2, 2, 4]) encoding and decoding 256 px
   images, eager fp32 against the official `tokenizer/autoencoder.py`, and mdgen's fast mode
   (channels_last memory layout) beside it.
@@ -124,14 +125,50 @@ def dit_rows(args, reference) -> list[dict]:
 
     latents = torch.randn(args.batch, *args.latent)
     labels = torch.randint(0, 1000, (args.batch,))
-    steps = {name: training_step(model, latents, labels, args.precision) for name, model in models.items()}
+    # Each with its own recipe's optimizer: mdgen's fused AdamW (mdgen.training.dit), the official
+    # train.py's torch.optim.AdamW with torch's defaults.
+    steps = {
+        name: training_step(model, latents, labels, args.precision, fused=name != "official")
+        for name, model in models.items()
+    }
     seconds = alternate(steps, args.steps)
     setting = f"{args.model}, batch {args.batch}, {args.precision}"
-    return ratio_rows("DiT training step", setting, seconds, args.batch)
+    rows = ratio_rows("DiT training step", setting, seconds, args.batch)
+    floor = matmul_floor(ours, latents, labels)
+    print(
+        f"matmul floor: {floor['flops'] / 1e9:.0f} GFLOP per step at {floor['gflops_per_s']:.0f} GFLOP/s "
+        f"(one large GEMM on this machine) = {floor['seconds']:.2f} s per step, "
+        f"{args.batch / floor['seconds']:.2f} images/s at most"
+    )
+    for row in rows:
+        row["matmul_floor_images_per_s"] = round(args.batch / floor["seconds"], 3)
+    return rows
+
+
+def matmul_floor(model, latents, labels) -> dict:
+    """The time a training step's floating-point work (forward and backward, counted by torch's
+    FlopCounterMode: matmuls and attention) takes at the rate of one large GEMM on this machine: no
+    implementation of the same model at the same precision steps faster on it."""
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
+    with FlopCounterMode(display=False) as counter:
+        training_loss(model, latents, dict(y=labels))["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    a, b = torch.randn(512, 1024), torch.randn(1024, 2048)
+    for _ in range(3):
+        a @ b
+    start, repeats = time.perf_counter(), 30
+    for _ in range(repeats):
+        a @ b
+    rate = repeats * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - start)
+    flops = counter.get_total_flops()
+    return {"flops": flops, "gflops_per_s": rate / 1e9, "seconds": flops / rate}
 
 
 def agreement(ours, theirs, batch: int, latent: tuple) -> str:
-    """Largest differences of the forward pass and of the flow loss, eval mode, same inputs."""
+    """Largest differences of the forward pass, the flow loss and its gradients (same weights,
+    inputs, t and noise), and of one AdamW update, fused (mdgen) against torch's default (the
+    official recipe), on the same gradients. Eval mode: no label dropout."""
     ours.eval(), theirs.eval()
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(batch, *latent, generator=generator)
@@ -140,15 +177,51 @@ def agreement(ours, theirs, batch: int, latent: tuple) -> str:
     noise = torch.randn(x.shape, generator=generator)
     with torch.no_grad():
         forward = (ours(x, t, y) - theirs(x, t, y)).abs().max().item()
-        losses = [training_loss(m, x, dict(y=y), t=t, noise=noise)["loss"].item() for m in (ours, theirs)]
-    ours.train(), theirs.train()
-    if forward > 1e-4 or abs(losses[0] - losses[1]) > 1e-5 * max(1.0, abs(losses[1])):
-        raise SystemExit(f"mdgen and the official model disagree: forward max |Δ| {forward:.2e}, loss {losses}")
-    return f"equal (forward max |Δ| {forward:.1e}; loss {losses[0]:.6f} vs {losses[1]:.6f})"
+    losses = []
+    for model in (ours, theirs):
+        loss = training_loss(model, x, dict(y=y), t=t, noise=noise)["loss"]
+        loss.backward()
+        losses.append(loss.item())
+    grads = {
+        name: {k: p for k, p in model.named_parameters() if p.requires_grad}
+        for name, model in (("ours", ours), ("theirs", theirs))
+    }
+    gradient = max((p.grad - grads["theirs"][k].grad).abs().max().item() for k, p in grads["ours"].items())
+    scale = max(p.grad.abs().max().item() for p in grads["theirs"].values())
+    update = optimizer_agreement(list(grads["theirs"].values()))
+    for model in (ours, theirs):
+        model.zero_grad(set_to_none=True)
+        model.train()
+    if forward > 1e-4 or abs(losses[0] - losses[1]) > 1e-5 * max(1.0, abs(losses[1])) or gradient > 1e-4 * scale:
+        raise SystemExit(
+            f"mdgen and the official model disagree: forward max |Δ| {forward:.2e}, loss {losses}, "
+            f"gradients max |Δ| {gradient:.2e} (largest gradient {scale:.2e})"
+        )
+    if update > 1e-6:
+        raise SystemExit(f"fused AdamW and torch's default disagree: weights after one step max |Δ| {update:.2e}")
+    return (
+        f"equal (forward max |Δ| {forward:.1e}; loss {losses[0]:.6f} vs {losses[1]:.6f}; gradients max |Δ| "
+        f"{gradient:.1e} of {scale:.1e}; one AdamW step, fused vs default, weights max |Δ| {update:.1e})"
+    )
 
 
-def training_step(model, latents, labels, precision: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+def optimizer_agreement(parameters: list[torch.Tensor], steps: int = 3) -> float:
+    """Largest difference of the weights after `steps` AdamW steps on the same gradients, fused
+    against torch's default implementation."""
+    copies = []
+    for fused in (True, False):
+        weights = [p.detach().clone().requires_grad_() for p in parameters]
+        optimizer = torch.optim.AdamW(weights, lr=1e-4, betas=(0.9, 0.95), fused=fused)
+        for _ in range(steps):
+            for w, p in zip(weights, parameters):
+                w.grad = p.grad.clone()
+            optimizer.step()
+        copies.append(weights)
+    return max((a - b).abs().max().item() for a, b in zip(*copies))
+
+
+def training_step(model, latents, labels, precision: str, fused: bool):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=fused)
 
     def step():
         with precision_context(precision):

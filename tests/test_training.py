@@ -1,6 +1,7 @@
 """Shared training helpers: resumable work folders and metrics joined across resumes."""
 
 import csv
+import json
 
 import torch
 
@@ -44,3 +45,27 @@ def test_work_dir_is_kept_for_the_same_config_and_cleared_for_another(tmp_path):
     assert prepare_work_dir(work, {"lr": 1}) == work / "checkpoints" / "last.ckpt"
     assert prepare_work_dir(work, {"lr": 2}) is None
     assert not (work / "checkpoints").exists()
+
+
+def test_adam_runs_fused_except_where_lightning_must_unscale_fp16_gradients_itself():
+    import pytorch_lightning as pl
+    from conftest import tiny_config
+
+    from mdgen.config import load_config
+    from mdgen.models.lightningdit import dit_kwargs
+    from mdgen.training import fused_adam
+    from mdgen.training.dit import DiTTraining
+
+    config = load_config(json.dumps(tiny_config()))  # with the schema's defaults, as a stage reads it
+    module = DiTTraining(config, dit_kwargs(config, (4, 2, 2)))
+    module.trainer = pl.Trainer(accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False)
+    optimizer = module.configure_optimizers()
+    assert optimizer.defaults["fused"] is True
+    assert optimizer.defaults["betas"] == (0.9, config["dit"]["optimizer"]["beta2"])
+
+    class Trainer:  # fp16 mixed precision needs a GPU; only the trainer's precision matters here
+        precision = "16-mixed"
+
+    assert fused_adam(Trainer()) is False  # Lightning's GradScaler unscales (and clips) before the step
+    Trainer.precision = "bf16-mixed"
+    assert fused_adam(Trainer()) is True

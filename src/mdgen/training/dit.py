@@ -17,6 +17,7 @@ from mdgen.losses.repa import build_projector, repa_loss
 from mdgen.models.lightningdit import build_dit, registry_size
 from mdgen.models.teacher import load_teacher
 from mdgen.progress import progress
+from mdgen.training import fused_adam
 from mdgen.transport import training_loss
 
 
@@ -130,6 +131,7 @@ class DiTTraining(pl.LightningModule):
             lr=settings["lr"],
             betas=(0.9, settings["beta2"]),
             weight_decay=settings["weight_decay"],
+            fused=fused_adam(self.trainer),
         )
 
 

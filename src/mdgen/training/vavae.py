@@ -14,6 +14,7 @@ from mdgen.data.dataset import MicroDopplerDataset
 from mdgen.losses import build_lpips, FeaturePerceptualLoss, FoundationModel, LPIPSWithDiscriminator, PerceptualLoss
 from mdgen.models.teacher import SpectrogramTeacher
 from mdgen.models.vavae import VAVAE, vavae_kwargs
+from mdgen.training import fused_adam
 
 # Lightning warns that manual optimization checkpoints hold the weights after the optimizer step;
 # that is what we want (the state at global_step), so the warning is noise.
@@ -187,10 +188,10 @@ class VAVAETraining(pl.LightningModule):
 
     def configure_optimizers(self):
         # As the official code: the loss's logvar is not trained; linear_proj is (part of self.vae).
-        betas = (0.5, 0.9)
+        settings = dict(lr=self.learning_rate, betas=(0.5, 0.9), fused=fused_adam(self.trainer))
         return [
-            torch.optim.Adam(self.vae.parameters(), lr=self.learning_rate, betas=betas),
-            torch.optim.Adam(self.loss.discriminator.parameters(), lr=self.learning_rate, betas=betas),
+            torch.optim.Adam(self.vae.parameters(), **settings),
+            torch.optim.Adam(self.loss.discriminator.parameters(), **settings),
         ]
 
     def on_save_checkpoint(self, checkpoint):
