@@ -89,3 +89,29 @@ def test_validation_scale_validates_what_it_writes(capsys):
     assert header.split()[:5] == ["files", "write", "s", "validate", "s"]
     files, _, seconds, per_second, peak = row.split()
     assert int(files) == 150 and float(seconds) > 0 and int(per_second) > 0 and int(peak) > 10
+
+
+def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_manifest, tiny_latents, tmp_path):
+    import yaml
+    from conftest import tiny_config, write_vae_eval
+    from PIL import Image
+
+    _, vae = tiny_latents
+    config = tiny_config()
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"evaluation": {"seeds": [5]}}))  # merged over run.yaml
+    settings = {**config["evaluation"], "seeds": [5]}
+    write_vae_eval(tmp_path / "eval.json", settings)
+    out = tmp_path / "ceiling"
+    argv = ["--manifest", str(tiny_manifest), "--vae", str(vae), "--vae-eval", str(tmp_path / "eval.json")]
+    argv += ["--config", str(tmp_path / "run.yaml"), str(tmp_path / "more.yaml"), "--out-dir", str(out)]
+    assert script("decoder_ceiling").main(argv) == 0
+
+    train = [line.split(",") for line in tiny_manifest.read_text().splitlines()[1:] if ",train," in line]
+    for user in {row[2] for row in train}:  # one reconstruction per train image, in the sample layout
+        files = sorted((out / "samples" / user).glob("sample_*.png"))
+        assert len(files) == sum(row[2] == user for row in train)
+        assert Image.open(files[0]).size == (config["data"]["size"],) * 2
+    report = json.loads((out / "eval" / "generation.json").read_text())
+    assert report["seeds"] == [5]
+    assert report["frechet_distance"]["overall"] >= 0 and 0 <= report["precision_recall"]["recall"] <= 1

@@ -1,0 +1,94 @@
+"""The decoder's ceiling for the sample metrics: what a perfect generator would score through this VA-VAE.
+
+    python benchmarks/decoder_ceiling.py --manifest results/dataset/manifest.csv --vae results/vae/vavae.pt \
+        --vae-eval results/vae/eval.json --config config/config.yaml [more config files] --out-dir results/ceiling
+
+A generator that had learned the train split's distribution perfectly would draw latents like the
+VA-VAE's latents of train images, and the decoder would turn them into the reconstructions of
+those images. This script writes those reconstructions (posterior mean, every train image) in the
+sample stage's layout (`<out-dir>/samples/user_NN/sample_XXXX.png`) and runs `evaluate_generation`
+on them as if they were samples (`<out-dir>/eval/generation.json`). Their fidelity, CAS, Fréchet
+distance and precision/recall against real val are what the samples can reach at best with this
+decoder; their memorisation rate is 1 by construction (each is a copy of a train image).
+Several `--config` files are merged in order, as Snakemake merges `--configfile`s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image
+
+from mdgen.config import load_config
+from mdgen.data.dataset import MicroDopplerDataset, to_uint8
+from mdgen.io import atomic_output
+from mdgen.models.vavae import load_vavae
+from mdgen.stages import evaluate_generation
+
+
+def merged(paths: list[Path]) -> dict:
+    def merge(base: dict, extra: dict) -> dict:
+        for key, value in extra.items():
+            base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        return base
+
+    config: dict = {}
+    for path in paths:
+        merge(config, yaml.safe_load(path.read_text()) or {})
+    return config
+
+
+@torch.no_grad()
+def write_reconstructions(manifest: str, vae_path: Path, config: dict, out: Path, batch_size: int = 32) -> int:
+    data = config["data"]
+    images = MicroDopplerDataset(manifest, "train", data["size"], data["channels"])
+    vae = load_vavae(vae_path, use_vf=None).eval()
+    counts: dict[str, int] = {}
+    for start in range(0, len(images), batch_size):
+        items = [images[i] for i in range(start, min(start + batch_size, len(images)))]
+        batch = torch.stack([item["image"] for item in items])
+        decoded = to_uint8(vae.decode(vae.encode(batch).mode()))
+        for item, image in zip(items, decoded):
+            folder = out / item["user_id"]
+            folder.mkdir(parents=True, exist_ok=True)
+            index = counts.get(item["user_id"], 0)
+            counts[item["user_id"]] = index + 1
+            with atomic_output(folder / f"sample_{index:04d}.png") as tmp:
+                Image.fromarray(image).save(tmp, format="PNG")
+    return len(images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--vae", type=Path, required=True)
+    p.add_argument("--vae-eval", type=Path, required=True, help="results/vae/eval.json (the same judges)")
+    p.add_argument("--config", type=Path, nargs="+", required=True)
+    p.add_argument("--out-dir", type=Path, default=Path("results/ceiling"))
+    args = p.parse_args(argv)
+    config = load_config(json.dumps(merged(args.config)), "data", "evaluation")
+    count = write_reconstructions(args.manifest, args.vae, config, args.out_dir / "samples")
+    print(f"{count} reconstructions of the train split written to {args.out_dir / 'samples'}")
+    return evaluate_generation.main(
+        [
+            "--manifest",
+            args.manifest,
+            "--samples",
+            str(args.out_dir / "samples"),
+            "--vae-eval",
+            str(args.vae_eval),
+            "--out-dir",
+            str(args.out_dir / "eval"),
+            "--config",
+            json.dumps(config),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
