@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from mdgen.config import deep_update
 from mdgen.plots import plt, save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,13 +39,6 @@ SETTINGS = {
 }
 SHARED = ("resources", "results/dataset")
 VAE_OUTPUTS = ("results/teacher", "results/vae", "results/latents")
-
-
-def deep_update(base: dict, changes: dict) -> dict:
-    merged = dict(base)
-    for key, value in changes.items():
-        merged[key] = deep_update(merged.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
 
 
 def run(root: Path) -> None:

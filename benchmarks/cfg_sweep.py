@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mdgen.config import load_config
+from mdgen.config import deep_update, load_config
 from mdgen.data.dataset import to_uint8
 from mdgen.evaluation.classifier import predict, Recipe
 from mdgen.evaluation.identity import judge_view, probe_judges
@@ -75,15 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"| {scale:g} | {real:.3f} | {recon:.3f} | {time.perf_counter() - start:.0f} |")
     return 0
-
-
-def deep_update(base: dict, changes: dict) -> dict:
-    """`base` with nested `changes` applied, as Snakemake merges --configfile files."""
-    merged = dict(base)
-    for key, value in changes.items():
-        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = deep_update(merged[key], value) if nested else value
-    return merged
 
 
 if __name__ == "__main__":

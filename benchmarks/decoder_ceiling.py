@@ -24,7 +24,7 @@ import torch
 import yaml
 from PIL import Image
 
-from mdgen.config import load_config
+from mdgen.config import deep_update, load_config
 from mdgen.data.dataset import MicroDopplerDataset, to_uint8
 from mdgen.io import atomic_output
 from mdgen.models.vavae import load_vavae
@@ -32,14 +32,9 @@ from mdgen.stages import evaluate_generation
 
 
 def merged(paths: list[Path]) -> dict:
-    def merge(base: dict, extra: dict) -> dict:
-        for key, value in extra.items():
-            base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-        return base
-
     config: dict = {}
     for path in paths:
-        merge(config, yaml.safe_load(path.read_text()) or {})
+        config = deep_update(config, yaml.safe_load(path.read_text()) or {})
     return config
 
 

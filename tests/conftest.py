@@ -1,6 +1,5 @@
 """Shared test helpers: the default config with tiny sizes, and a tiny simulated data set."""
 
-import copy
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from mdgen.config import deep_update
 from mdgen.data.validation import validate_dataset, write_manifest
 from mdgen.stages.simulate_dataset import main as simulate
 
@@ -43,16 +43,6 @@ TINY = {
     "sample": {"per_user": 2, "batch_size": 4, "num_sampling_steps": 4, "grid_per_user": 2},
     "evaluation": {"seeds": [0], "ratios": [0.5], "classifier": {"epochs": 5, "size": 32, "batch_size": 4}},
 }
-
-
-def deep_update(base: dict, changes: dict) -> dict:
-    """A copy of `base` with nested `changes` applied."""
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        merged[key] = (
-            deep_update(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
 
 
 def kill_at_checkpoint(command: list[str], last: Path, step: int = 8, timeout: float = 180, env=None) -> dict:

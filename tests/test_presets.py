@@ -12,9 +12,9 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import deep_update, REPO
+from conftest import REPO
 
-from mdgen.config import load_config
+from mdgen.config import deep_update, load_config
 from mdgen.models.checkpoints import CheckpointMismatchError
 from mdgen.models.vavae import VAVAE, vavae_kwargs
 

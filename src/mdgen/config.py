@@ -7,6 +7,7 @@ Either way the config is checked against the workflow's schema, which fills in e
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -15,6 +16,15 @@ import yaml
 from snakemake.utils import validate
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    """A copy of `base` with nested `changes` applied, as Snakemake merges --configfile files and --config."""
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_update(merged[key], value) if nested else copy.deepcopy(value)
+    return merged
 
 
 def load_config(text_or_path: str, *sections: str) -> dict:
