@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=Path("results/ceiling"))
     args = p.parse_args(argv)
     config = load_config(json.dumps(merged(args.config)), "data", "evaluation")
+    if (args.out_dir / "samples").exists():  # never mix with (or delete) samples written before
+        raise SystemExit(f"{args.out_dir / 'samples'} exists: remove it or choose another --out-dir")
     count = write_reconstructions(args.manifest, args.vae, config, args.out_dir / "samples")
     print(f"{count} reconstructions of the train split written to {args.out_dir / 'samples'}")
     return evaluate_generation.main(

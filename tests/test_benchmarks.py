@@ -114,4 +114,6 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
         assert Image.open(files[0]).size == (config["data"]["size"],) * 2
     report = json.loads((out / "eval" / "generation.json").read_text())
     assert report["seeds"] == [5]
+    with pytest.raises(SystemExit, match="ceiling/samples exists"):  # a second run never mixes its images in
+        script("decoder_ceiling").main(argv)
     assert report["frechet_distance"]["overall"] >= 0 and 0 <= report["precision_recall"]["recall"] <= 1
