@@ -31,6 +31,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mdgen.models.lightningdit import create_model
 from mdgen.models.vavae import VAVAE
@@ -149,8 +150,6 @@ def matmul_floor(model, latents, labels) -> dict:
     """The time a training step's floating-point work (forward and backward, counted by torch's
     FlopCounterMode: matmuls and attention) takes at the rate of one large GEMM on this machine: no
     implementation of the same model at the same precision steps faster on it."""
-    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
-
     with FlopCounterMode(display=False) as counter:
         training_loss(model, latents, dict(y=labels))["loss"].backward()
     model.zero_grad(set_to_none=True)
