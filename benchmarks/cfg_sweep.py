@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             for user in range(users):
                 images = sample_user(model, vae, user, args.per_user, settings | {"cfg_scale": scale}, shape, mean, std)
-                arrays += to_uint8(images)
+                arrays += to_uint8(images, config["data"]["colormap"])
                 labels += [user] * args.per_user
         images, labels = judge_view(arrays, recipe.size), torch.tensor(labels)
         real, recon = (

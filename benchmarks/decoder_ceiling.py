@@ -41,13 +41,14 @@ def merged(paths: list[Path]) -> dict:
 @torch.no_grad()
 def write_reconstructions(manifest: str, vae_path: Path, config: dict, out: Path, batch_size: int = 32) -> int:
     data = config["data"]
-    images = MicroDopplerDataset(manifest, "train", data["size"], data["channels"])
+    colormap = data.get("colormap")
+    images = MicroDopplerDataset(manifest, "train", data["size"], data["channels"], colormap=colormap)
     vae = load_vavae(vae_path, use_vf=None).eval()
     counts: dict[str, int] = {}
     for start in range(0, len(images), batch_size):
         items = [images[i] for i in range(start, min(start + batch_size, len(images)))]
         batch = torch.stack([item["image"] for item in items])
-        decoded = to_uint8(vae.decode(vae.encode(batch).mode()))
+        decoded = to_uint8(vae.decode(vae.encode(batch).mode()), colormap)
         for item, image in zip(items, decoded):
             folder = out / item["user_id"]
             folder.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,30 @@ def test_per_user_subset_refuses_more_than_a_user_has_with_the_advice():
         per_user_subset(labels, 2, seed=0)
     with pytest.raises(ValueError, match="user_00 has 2 items, fewer than the 3 .*: raise sample.per_user"):
         per_user_subset(labels, {0: 3}, seed=0, advice="raise sample.per_user")
+
+
+def test_colour_mapped_files_are_seen_as_their_magnitude_inverted_before_resizing(tmp_path):
+    from mdgen.data.dataset import to_uint8
+    from mdgen.data.images import apply_colormap
+
+    rng = np.random.default_rng(1)
+    magnitudes = {}
+    for split in ("train", "val"):
+        for user in ("user_00", "user_01"):
+            folder = tmp_path / "raw" / split / user
+            folder.mkdir(parents=True)
+            magnitudes[split, user] = rng.integers(33, 256, (48, 48), dtype=np.uint8)  # 48 px: resized to 32
+            Image.fromarray(apply_colormap(magnitudes[split, user], "jet")).save(folder / "jet.png")
+    result = validate_dataset(tmp_path / "raw", num_classes=2, channels=3, size=32, max_pixels=10**6, colormap="jet")
+    write_manifest(result.rows, tmp_path / "manifest.csv")
+    dataset = MicroDopplerDataset(tmp_path / "manifest.csv", "train", size=32, channels=3, colormap="jet")
+    item = dataset[1]
+    assert item["image"].shape == (1, 32, 32)
+    # the magnitude is resized, not the colours (LANCZOS on jet colours would leave the map)
+    expected = Image.fromarray(magnitudes["train", "user_01"]).resize((32, 32), Image.LANCZOS)
+    np.testing.assert_array_equal(((item["image"][0] + 1) * 127.5).round().numpy(), np.asarray(expected))
+    # and back through the map: RGB in the map's colours, like the files
+    drawn = to_uint8(item["image"][None], "jet")[0]
+    assert drawn.shape == (32, 32, 3) and (drawn == apply_colormap(np.asarray(expected), "jet")).all()
+    with pytest.raises(ValueError, match="draws 1-channel magnitudes"):
+        to_uint8(torch.zeros(1, 3, 4, 4), "jet")

@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdgen.data.images import ConversionError, load_spectrogram, plan_conversion, to_channels
+from mdgen.data.images import (
+    apply_colormap,
+    colormap_table,
+    ConversionError,
+    invert_colormap,
+    load_spectrogram,
+    model_channels,
+    plan_conversion,
+    to_channels,
+)
+from mdgen.data.simulator import render
 
 rng = np.random.default_rng(1)
 
@@ -99,3 +109,58 @@ def test_load_spectrogram_returns_a_usable_image(tmp_path):
     np.testing.assert_array_equal(np.asarray(same), pixels)
     replicated = load_spectrogram(tmp_path / "b.png", 3)
     assert replicated.size == (8, 6) and (np.asarray(replicated) == pixels[..., :1]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour-mapped spectrograms (data.colormap)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["jet", "turbo", "viridis"])
+def test_colormap_inversion_round_trips_every_colour_of_the_map_exactly(name):
+    table = colormap_table(name)
+    magnitudes = invert_colormap(table[None], name)[0]
+    np.testing.assert_array_equal(apply_colormap(magnitudes, name), table)
+    # where two entries share a colour (jet has 4 such pairs in 8 bits) the lower index is taken
+    distinct = [i for i in range(256) if not (table[:i] == table[i]).all(axis=1).any()]
+    np.testing.assert_array_equal(magnitudes[distinct], distinct)
+
+
+def test_a_simulated_spectrogram_is_its_magnitude_through_the_map():
+    spectrogram = rng.random((40, 40))
+    rgb, grey = render(spectrogram, 32, 3), render(spectrogram, 32, 1)
+    magnitudes = invert_colormap(rgb, "jet")
+    np.testing.assert_array_equal(apply_colormap(magnitudes, "jet"), rgb)
+    # the magnitude, up to the table's 8-bit steps (within one level) where its colour is unique
+    table = colormap_table("jet")
+    unique = (table[:, None] == table[None]).all(-1).sum(1) == 1
+    close = np.abs(magnitudes.astype(int) - grey) <= 1
+    assert close[unique[magnitudes]].all() and unique[magnitudes].mean() > 0.9
+
+
+def test_colours_off_the_map_are_refused_naming_the_file(tmp_path):
+    rgb = apply_colormap(rng.integers(0, 256, (8, 8), dtype=np.uint8), "jet").copy()
+    rgb[2, 3] = (128, 128, 128)  # grey: far from every jet colour
+    rgb[5, 5] = (255, 0, 255)
+    Image.fromarray(rgb).save(tmp_path / "user rec.png")
+    with pytest.raises(ConversionError, match=r"user rec\.png: 2 of 64 pixels are not colours of the jet map"):
+        load_spectrogram(tmp_path / "user rec.png", 3, "jet")
+    with pytest.raises(ConversionError, match="worst: RGB \\(255, 0, 255\\)"):
+        load_spectrogram(tmp_path / "user rec.png", 3, "jet")
+    # an 8-bit round-off is not an error
+    nudged = apply_colormap(np.arange(64, dtype=np.uint8).reshape(8, 8), "jet").astype(int) + 2
+    assert invert_colormap(np.clip(nudged, 0, 255).astype(np.uint8), "jet").shape == (8, 8)
+
+
+def test_colormap_conversion_and_model_channels():
+    levels = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16 + 1  # 33: not in jet's saturated-blue run
+    rgb = Image.fromarray(apply_colormap(levels, "jet"))
+    grey = to_channels(rgb, 3, "jet")
+    assert grey.mode == "L" and np.asarray(grey).tolist() == levels.tolist()
+    assert "jet colours are replaced by their magnitude" in plan_conversion(rgb, 3, "jet")
+    with pytest.raises(ValueError, match="needs data.channels 3"):
+        to_channels(rgb, 1, "jet")
+    with pytest.raises(ValueError, match="unknown colour map 'jett'"):
+        colormap_table("jett")
+    assert model_channels({"channels": 3, "colormap": "jet"}) == 1
+    assert model_channels({"channels": 3, "colormap": None}) == 3 and model_channels({"channels": 1}) == 1

@@ -19,6 +19,8 @@ from conftest import TINY as TINY_MODELS
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mdgen.data.images import colormap_table
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
@@ -143,6 +145,15 @@ def test_default_config_plans_the_whole_dag():
         ),
         ({"evaluation": {"low_data_k": [5]}}, "evaluation.low_data_k [5] asks for more train images per user"),
         ({"sample": {"per_user": 1}}, "sample.per_user 1 does not cover the largest evaluation.ratios 0.5"),
+        (
+            {"data": {"colormap": "jet", "channels": 1}},
+            "data.colormap 'jet' describes RGB files: it needs data.channels 3",
+        ),
+        ({"data": {"colormap": "jett"}}, "data.colormap 'jett' is not a matplotlib colour map"),
+        (
+            {"data": {"colormap": "jet"}, "vae": {"weight_init": "released.pt"}},
+            "vae.weight_init is a released VA-VAE, which takes RGB: set data.colormap: null",
+        ),
     ],
 )
 @pytest.mark.fault
@@ -327,11 +338,18 @@ def test_the_tiny_run_keeps_its_contract(tiny_run):
 
 
 def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):
-    """The issue's command on tiny sizes: VF loss and REPA against the teacher, a low-data generator
-    with its own teacher, and the fidelity probe, end to end."""
+    """The study preset's settings on tiny sizes: VF loss, perceptual term and REPA against the
+    teacher, a low-data generator with its own teacher, and the fidelity probe, end to end, on
+    jet colour-mapped data modelled as its magnitude (data.colormap)."""
     config = TINY | {
+        "data": TINY["data"] | {"colormap": "jet"},
         "teacher": {"width": 4, "size": 32, "epochs": 3, "batch_size": 4},
-        "vae": TINY["vae"] | {"use_vf": "domain"},
+        "vae": TINY["vae"]
+        | {
+            "use_vf": "domain",
+            "lossconfig": TINY["vae"].get("lossconfig", {}) | {"perceptual_weight": 1.0},
+            "perceptual": {"network": "domain"},
+        },
         "dit": TINY["dit"] | {"repa": {"weight": 0.5, "depth": 1, "projector_dim": 16}},
         "evaluation": TINY["evaluation"] | {"low_data_k": [2]},
         "logging": {"fidelity_every_n_steps": 10, "fidelity_per_user": 1, "tensorboard": False},
@@ -351,6 +369,11 @@ def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):
     generation = json.loads((tmp_path / "results/eval/generation.json").read_text())
     assert generation["teacher_saw"] == "real_train" and generation["low_data"]["k2"]["teacher_saw"] == "k2"
     assert generation["teachers"]["k2"]["fingerprint"] == low_data_teacher["fingerprint"]
+    # the models saw 1-channel magnitudes; the samples are RGB files in jet's colours
+    assert vae["config"]["model"]["in_channels"] == vae["config"]["model"]["out_ch"] == 1
+    jet = {tuple(colour) for colour in colormap_table("jet")}
+    samples = sorted((tmp_path / "results/samples").glob("user_*/*.png"))
+    assert samples and all({tuple(c) for c in np.asarray(Image.open(p)).reshape(-1, 3)} <= jet for p in samples)
 
 
 def test_usable_as_a_snakemake_module(tmp_path):

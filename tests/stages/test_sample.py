@@ -11,15 +11,15 @@ from PIL import Image
 from mdgen.stages.sample import main as sample
 
 
-def run_sample(tiny_dit, tiny_latents, out, **changes):
+def run_sample(tiny_dit, tiny_latents, out, vae=None, data=None, **changes):
     dit_dir, config = tiny_dit
-    config = tiny_config(sample=changes) | {"dit": config["dit"]}
+    config = tiny_config(sample=changes, data=data or {}) | {"dit": config["dit"]}
     return sample(
         [
             "--dit",
             str(dit_dir / "dit.pt"),
             "--vae",
-            str(tiny_latents[1]),
+            str(vae or tiny_latents[1]),
             "--out-dir",
             str(out),
             "--config",
@@ -42,6 +42,23 @@ def test_sampling_writes_every_user_and_is_reproducible(tiny_dit, tiny_latents, 
     # Another batch size draws the same noise; only float rounding in the batched matmuls differs.
     assert max(np.abs(first[p].astype(int) - one_by_one[p]).max() for p in first) <= 2
     assert (tmp_path / "a" / "grid.png").stat().st_size > 5_000
+
+
+def test_colour_mapped_samples_are_rgb_files_in_the_maps_colours(tiny_dit, tiny_latents, tmp_path):
+    from mdgen.data.images import colormap_table
+    from mdgen.models.vavae import save_official, VAVAE, vavae_kwargs
+
+    config = tiny_config(data={"colormap": "jet"})  # a VA-VAE of 1-channel magnitudes, same latents
+    kwargs = vavae_kwargs(config)
+    assert kwargs["in_channels"] == kwargs["out_ch"] == 1
+    save_official(tmp_path / "vavae.pt", VAVAE(**kwargs), {"model": kwargs, **config})
+    assert (
+        run_sample(tiny_dit, tiny_latents, tmp_path / "jet", vae=tmp_path / "vavae.pt", data={"colormap": "jet"}) == 0
+    )
+    images = pixels(tmp_path / "jet")
+    assert len(images) == 6 and all(image.shape == (32, 32, 3) for image in images.values())
+    table = {tuple(colour) for colour in colormap_table("jet")}
+    assert all({tuple(c) for c in image.reshape(-1, 3)} <= table for image in images.values())
 
 
 def test_guidance_and_seed_change_the_samples(tiny_dit, tiny_latents, tmp_path):

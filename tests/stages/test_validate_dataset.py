@@ -406,6 +406,22 @@ def test_colour_image_in_1_channel_config_is_rejected(run_stage, root):
     assert "set data.channels: 3" in report["problems"][0]["message"]
 
 
+def test_colour_mapped_tree_passes_and_off_map_colours_are_rejected_by_name(run_stage, root):
+    from mdgen.data.images import apply_colormap
+
+    good = []
+    for split, n in (("train", 2), ("val", 1)):
+        for user in range(NUM_CLASSES):
+            for i in range(n):
+                jet = apply_colormap(random_pixels((SIZE, SIZE)), "jet")
+                good.append(save_image(os.path.join(root, split, f"user_{user:02d}", f"{i}.png"), jet))
+    rc, rows, report, _ = run_stage(("colormap", "jet"))
+    assert rc == 0 and len(rows) == len(good) and report["settings"]["colormap"] == "jet"
+    bad = save_image(os.path.join(root, "train", "user_01", "photo.png"))  # random colours: not jet
+    report = assert_rejected(run_stage, good, bad, "not_colormapped", ("colormap", "jet"))
+    assert "not colours of the jet map" in report["problems"][0]["message"]
+
+
 def test_grey_rgb_in_1_channel_config_is_accepted(run_stage, root):
     good = make_tree(root, mode="L")
     grey = random_pixels((SIZE, SIZE))

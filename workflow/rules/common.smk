@@ -62,6 +62,23 @@ def config_conflicts():
             f"data.size {data['size']} is not a multiple of the VA-VAE's downsampling {downsample} "
             f"(2 ** (len(vae.ddconfig.ch_mult) - 1), ch_mult {vae['ddconfig']['ch_mult']})"
         )
+    if data["colormap"]:
+        from matplotlib import colormaps
+
+        if data["colormap"] not in colormaps:
+            problems.append(
+                f"data.colormap {data['colormap']!r} is not a matplotlib colour map (e.g. jet, turbo, viridis)"
+            )
+        if data["channels"] != 3:
+            problems.append(
+                f"data.colormap {data['colormap']!r} describes RGB files: it needs data.channels 3, "
+                f"not {data['channels']}"
+            )
+        if vae["weight_init"]:
+            problems.append(
+                f"data.colormap {data['colormap']!r} makes the VA-VAE model 1-channel magnitudes, but "
+                "vae.weight_init is a released VA-VAE, which takes RGB: set data.colormap: null to fine-tune it"
+            )
     if data["source"] == "synthetic":
         per_user = config["simulator"]["train_per_user"]
         too_many = [k for k in config["evaluation"]["low_data_k"] if k > per_user]
@@ -132,7 +149,7 @@ def stage_config(*sections, **subsections):
     `subsections` (section=keys) only those keys, so that other settings of that section do not
     rerun the stage. Of the data section only what models depend on: validation settings must not
     retrain them."""
-    data = {key: config["data"][key] for key in ("size", "channels", "num_classes")}
+    data = {key: config["data"][key] for key in ("size", "channels", "colormap", "num_classes")}
     parts = {s: config[s] for s in sections} | {
         s: {key: config[s][key] for key in keys} for s, keys in subsections.items()
     }

@@ -41,7 +41,14 @@ rule validate_dataset:
     params:
         root=dataset_root(),
         config=stage_config(
-            data=("num_classes", "size", "channels", "on_bad_file", "max_pixels")
+            data=(
+                "num_classes",
+                "size",
+                "channels",
+                "colormap",
+                "on_bad_file",
+                "max_pixels",
+            )
         ),
     shell:
         "python -m mdgen.stages.validate_dataset --root {params.root:q} --config {params.config:q}"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mdgen.data.images import load_spectrogram
+from mdgen.data.images import apply_colormap, load_spectrogram
 from mdgen.data.validation import read_manifest
 
 
@@ -52,9 +52,14 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.transpose(2, 0, 1) / 127.5 - 1.0)
 
 
-def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    """[-1, 1] tensors (B, C, H, W) as uint8 arrays (H, W) or (H, W, 3)."""
+def to_uint8(images: torch.Tensor, colormap: str | None = None) -> list[np.ndarray]:
+    """[-1, 1] tensors (B, C, H, W) as uint8 arrays (H, W) or (H, W, 3): the files' layout. With a
+    `colormap`, 1-channel magnitudes are drawn through it as RGB, like the recordings."""
     array = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    if colormap:
+        if array.shape[-1] != 1:
+            raise ValueError(f"a colour map draws 1-channel magnitudes, got {array.shape[-1]} channels")
+        return list(apply_colormap(array[..., 0], colormap))
     return [a[..., 0] if a.shape[-1] == 1 else a for a in array]
 
 
@@ -66,16 +71,18 @@ class MicroDopplerDataset(Dataset):
 
     Items are dicts: `image` (C×H×W float in [-1, 1]), `class_label` (int), `user_id` ('user_07')
     and `path`. Relative manifest paths are resolved against `base_dir` (default: the working
-    directory, where Snakemake runs).
+    directory, where Snakemake runs). With a `colormap` the files' colours are inverted to their
+    magnitude at the file's own size, before resizing, and items have one channel.
     """
 
-    def __init__(self, manifest: str | os.PathLike, split: str, size: int, channels: int, base_dir=None):
+    def __init__(self, manifest: str | os.PathLike, split: str, size: int, channels: int, base_dir=None, colormap=None):
         self.rows = read_manifest(manifest, split)
         if not self.rows:
             raise ValueError(f"{manifest} lists no images for split {split!r}: expected 'train' or 'val' rows")
         self.size = size
         self.channels = channels
         self.base_dir = base_dir
+        self.colormap = colormap
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -83,7 +90,7 @@ class MicroDopplerDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
         path = os.path.join(self.base_dir, row["path"]) if self.base_dir else row["path"]
-        image = load_spectrogram(path, self.channels)
+        image = load_spectrogram(path, self.channels, self.colormap)
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.LANCZOS)
         return {

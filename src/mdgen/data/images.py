@@ -1,12 +1,23 @@
-"""How an image file becomes a 1-channel ('L') or 3-channel ('RGB') spectrogram.
+"""How an image file becomes a 1-channel ('L') or 3-channel ('RGB') spectrogram, and how a
+colour-mapped one becomes its magnitude and back.
 
 This is the only place that decides it: dataset validation reports what `convert_spectrogram`
 would do, and training applies the same function, so the two can never disagree.
+
+With `data.colormap` set (e.g. jet), the files are RGB images of one magnitude drawn through that
+colour map, and the models see the magnitude itself, in one channel: each pixel's colour is
+replaced by the index (0-255) of the nearest entry of the map's 256-colour table, which is exact
+for the map's own colours. What the models draw goes back through the same table
+(`apply_colormap`), so samples are RGB files like the recordings. A colour map's luminance is
+not monotonic (jet's is not), which is why a grey conversion of such images loses meaning and
+this inversion does not.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -15,12 +26,71 @@ TARGET_MODES = {1: "L", 3: "RGB"}
 UNSIGNED_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+# A pixel farther than this from every colour of the map (Euclidean distance in 0-255 RGB) is not
+# a colour of that map: lossless files hit the table exactly; this leaves room for an 8-bit
+# round-off, not for JPEG artefacts or resampled colours, whose magnitude would be a guess.
+COLORMAP_TOLERANCE = 8.0
+
+
 class ConversionError(ValueError):
     """The image cannot become a spectrogram of the configured channel count without losing meaning."""
 
 
-def convert_spectrogram(image: Image.Image, channels: int) -> tuple[Image.Image, str | None]:
-    """Convert a fully loaded image to mode 'L' (channels=1) or 'RGB' (channels=3).
+@functools.cache
+def colormap_table(name: str) -> np.ndarray:
+    """The 256 colours of a matplotlib colour map as uint8 RGB, (256, 3) read-only: entry i is
+    the colour of magnitude i / 255. A ValueError names the known maps for an unknown name."""
+    from matplotlib import colormaps  # not at import: validation must stay light
+
+    if name not in colormaps:
+        raise ValueError(f"unknown colour map {name!r}: expected a matplotlib colour map such as jet, turbo, viridis")
+    # Integer input indexes the map's lookup table directly: the simulator's colours exactly.
+    table = np.round(colormaps[name].resampled(256)(np.arange(256))[:, :3] * 255).astype(np.uint8)
+    table.flags.writeable = False
+    return table
+
+
+def invert_colormap(rgb: np.ndarray, name: str, tolerance: float = COLORMAP_TOLERANCE) -> np.ndarray:
+    """(H, W, 3) uint8 colours of map `name` -> (H, W) uint8 magnitudes (the nearest table entry).
+
+    Where two entries share a colour the lower index is taken, so every colour of the table comes
+    back exactly through `apply_colormap`. Pixels farther than `tolerance` from the table raise a
+    ConversionError that counts them and shows the worst one.
+    """
+    table = colormap_table(name).astype(np.int32)
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    colours, inverse = np.unique(packed, return_inverse=True)  # a spectrogram has few distinct colours
+    unique_rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1)
+    distances = np.sqrt(((unique_rgb[:, None, :] - table[None]) ** 2).sum(-1))  # (colours, 256)
+    nearest = distances.argmin(1)
+    off = distances[np.arange(len(colours)), nearest] > tolerance
+    if off.any():
+        counts = np.bincount(inverse.ravel(), minlength=len(colours))
+        worst = int(np.argmax(np.where(off, distances.min(1), -1)))
+        raise ConversionError(
+            f"{int(counts[off].sum()):,} of {packed.size:,} pixels are not colours of the {name} map (worst: RGB "
+            f"{tuple(int(v) for v in unique_rgb[worst])}, {distances[worst].min():.0f} from the nearest of its "
+            f"256 colours; at most {tolerance:g} is accepted): save the spectrograms as lossless {name}-mapped "
+            "PNGs at their own size, or set data.colormap: null to model the RGB colours as they are"
+        )
+    return nearest.astype(np.uint8)[inverse.reshape(packed.shape)]
+
+
+def apply_colormap(magnitudes: np.ndarray, name: str) -> np.ndarray:
+    """(..., H, W) uint8 magnitudes -> (..., H, W, 3) uint8 colours of map `name`."""
+    return colormap_table(name)[magnitudes]
+
+
+def model_channels(data: Mapping) -> int:
+    """The channels the models see: 1 (the magnitude) for colour-mapped files, else the files'."""
+    return 1 if data.get("colormap") else data["channels"]
+
+
+def convert_spectrogram(
+    image: Image.Image, channels: int, colormap: str | None = None
+) -> tuple[Image.Image, str | None]:
+    """Convert a fully loaded image to mode 'L' (channels=1) or 'RGB' (channels=3); with a
+    `colormap` (channels must be 3), then to its 'L' magnitude through the inverted map.
 
     Returns (converted image, description of the conversion or None when the image already had
     the target mode). Raises ConversionError with a reason for people when conversion would lose
@@ -28,6 +98,8 @@ def convert_spectrogram(image: Image.Image, channels: int) -> tuple[Image.Image,
     """
     if channels not in TARGET_MODES:
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if colormap and channels != 3:
+        raise ValueError(f"data.colormap {colormap!r} describes RGB files: it needs data.channels 3, got {channels}")
     target = TARGET_MODES[channels]
     steps = []
 
@@ -88,23 +160,31 @@ def convert_spectrogram(image: Image.Image, channels: int) -> tuple[Image.Image,
         image = image.getchannel("R")
         steps.append("RGB -> L: the image is grey (R == G == B) and one channel is kept exactly")
 
+    if colormap:
+        image = Image.fromarray(invert_colormap(np.asarray(image), colormap), mode="L")
+        steps.append(f"RGB -> L: {colormap} colours are replaced by their magnitude (index in the map's table)")
+
     return image, "; ".join(steps) or None
 
 
-def plan_conversion(image: Image.Image, channels: int) -> str | None:
+def plan_conversion(image: Image.Image, channels: int, colormap: str | None = None) -> str | None:
     """Describe the conversion `to_channels` applies (None: already the target mode); may raise ConversionError."""
-    return convert_spectrogram(image, channels)[1]
+    return convert_spectrogram(image, channels, colormap)[1]
 
 
-def to_channels(image: Image.Image, channels: int) -> Image.Image:
-    """Return the image in mode 'L' (channels=1) or 'RGB' (channels=3); may raise ConversionError."""
-    return convert_spectrogram(image, channels)[0]
+def to_channels(image: Image.Image, channels: int, colormap: str | None = None) -> Image.Image:
+    """Return the image in mode 'L' (channels=1 or a colormap) or 'RGB'; may raise ConversionError."""
+    return convert_spectrogram(image, channels, colormap)[0]
 
 
-def load_spectrogram(path: str | os.PathLike, channels: int) -> Image.Image:
-    """Open an image file read-only, decode it fully and convert it to `channels` channels."""
+def load_spectrogram(path: str | os.PathLike, channels: int, colormap: str | None = None) -> Image.Image:
+    """Open an image file read-only, decode it fully and convert it to `channels` channels, or with
+    a `colormap` to its 1-channel magnitude. A ConversionError names the file."""
     with Image.open(path) as image:
         image.load()
-        converted = to_channels(image, channels)
+        try:
+            converted = to_channels(image, channels, colormap)
+        except ConversionError as error:
+            raise ConversionError(f"{os.fspath(path)}: {error}") from None
         # Closing the file invalidates an unconverted image, so hand back a copy of it.
         return converted.copy() if converted is image else converted

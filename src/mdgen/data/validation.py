@@ -122,7 +122,7 @@ def _pil_settings():
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
-def _check_file(path: str, *, channels: int, size: int, max_pixels: int) -> _FileCheck:
+def _check_file(path: str, *, channels: int, size: int, max_pixels: int, colormap: str | None = None) -> _FileCheck:
     check = _FileCheck()
     try:
         with open(path, "rb") as f:
@@ -195,6 +195,12 @@ def _check_file(path: str, *, channels: int, size: int, max_pixels: int) -> _Fil
                 )
             )
             return check
+        if colormap:
+            try:
+                convert_spectrogram(converted, channels, colormap)
+            except ConversionError as exc:
+                check.problems.append(("not_colormapped", "error", str(exc)))
+                return check
 
     pixel_key = f"{converted.mode} {converted.width}x{converted.height}\n".encode() + converted.tobytes()
     check.pixel_hash = hashlib.sha256(pixel_key).hexdigest()
@@ -410,14 +416,22 @@ def _find_duplicates(valid: list[tuple[_Candidate, _FileCheck]]) -> list[Problem
 
 
 def validate_dataset(
-    root, *, num_classes: int, channels: int, size: int, max_pixels: int, workers: int = 1, progress: bool = False
+    root,
+    *,
+    num_classes: int,
+    channels: int,
+    size: int,
+    max_pixels: int,
+    workers: int = 1,
+    progress: bool = False,
+    colormap: str | None = None,
 ) -> ValidationResult:
     """Check the dataset under `root` and report every problem at once; never modifies a file."""
     root = os.fspath(root)
     problems, ignored, hidden = [], [], []
     candidates = _scan_tree(root, num_classes, problems, ignored, hidden)
 
-    check = functools.partial(_check_file, channels=channels, size=size, max_pixels=max_pixels)
+    check = functools.partial(_check_file, channels=channels, size=size, max_pixels=max_pixels, colormap=colormap)
     paths = [c.path for c in candidates]
     bar = functools.partial(progress_bar, total=len(paths), desc="checking images", unit="file", disable=not progress)
     if workers > 1 and len(paths) > 1:
@@ -482,6 +496,7 @@ def validate_dataset(
         "root": root,
         "num_classes": num_classes,
         "channels": channels,
+        "colormap": colormap,
         "size": size,
         "max_pixels": max_pixels,
         "workers": workers,

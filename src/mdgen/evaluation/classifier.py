@@ -40,14 +40,15 @@ ARCHITECTURES = ("cnn", "resnet18")
 # ---------------------------------------------------------------------------------------------
 
 
-def load_images(paths: list[str], channels: int, size: int) -> torch.Tensor:
-    """Spectrogram files as one (N, C, size, size) float tensor in [-1, 1], resized with LANCZOS.
+def load_images(paths: list[str], channels: int, size: int, colormap: str | None = None) -> torch.Tensor:
+    """Spectrogram files as one (N, C, size, size) float tensor in [-1, 1], resized with LANCZOS;
+    with a `colormap`, their 1-channel magnitudes (what the models see, not what the judges see).
 
     No augmentation: the axes are time and Doppler, so a flip reverses time or negates velocity.
     """
     if not paths:
         raise ValueError("load_images got no paths: expected at least one spectrogram file")
-    return as_judged((load_spectrogram(path, channels) for path in paths), size)
+    return as_judged((load_spectrogram(path, channels, colormap) for path in paths), size)
 
 
 def as_judged(images: Iterable[Image.Image], size: int) -> torch.Tensor:

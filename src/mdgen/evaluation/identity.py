@@ -29,14 +29,15 @@ from mdgen.evaluation.study import summary
 
 
 @torch.inference_mode()
-def reconstruct(vae, batches: Iterable[torch.Tensor]) -> list[np.ndarray]:
+def reconstruct(vae, batches: Iterable[torch.Tensor], colormap: str | None = None) -> list[np.ndarray]:
     """Reconstructions from the posterior means of image batches (B, C, H, W) in [-1, 1], as the
-    uint8 arrays a sample PNG holds: what the decoder gives any image, rounded like a written file."""
+    uint8 arrays a sample PNG holds (through `colormap` when the models see magnitudes): what the
+    decoder gives any image, rounded like a written file."""
     vae.eval()
     device = next(vae.parameters()).device
     arrays = []
     for batch in batches:
-        arrays += to_uint8(vae.decode(vae.encode(batch.to(device)).mode()))
+        arrays += to_uint8(vae.decode(vae.encode(batch.to(device)).mode()), colormap)
     return arrays
 
 
@@ -114,11 +115,12 @@ def probe_judges(manifest: str, vae, data: dict, recipe: Recipe, seed: int, batc
     {"fidelity": the real judge, "fidelity_recon_judge": the judge trained on the VA-VAE's
     reconstructions of them}. Samples pass the decoder like reconstructions do, so the second
     judge measures what the DiT alone loses."""
-    train = MicroDopplerDataset(manifest, "train", data["size"], data["channels"])
+    colormap = data.get("colormap")
+    train = MicroDopplerDataset(manifest, "train", data["size"], data["channels"], colormap=colormap)
     labels = torch.tensor([class_label(row["user_id"]) for row in train.rows])
     real = load_images([row["path"] for row in train.rows], data["channels"], recipe.size)
     batches = (batch["image"] for batch in DataLoader(train, batch_size=batch_size, shuffle=False))
-    reconstructions = judge_view(reconstruct(vae, batches), recipe.size)
+    reconstructions = judge_view(reconstruct(vae, batches, colormap), recipe.size)
     return {
         "fidelity": train_classifier(real, labels, data["num_classes"], recipe, seed),
         "fidelity_recon_judge": train_classifier(reconstructions, labels, data["num_classes"], recipe, seed),

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from mdgen.data.images import model_channels
 from mdgen.io import atomic_output
 from mdgen.models.checkpoints import CheckpointMismatchError, load_strictly, read_checkpoint  # noqa: F401
 
@@ -615,9 +616,10 @@ def _check_constructor_kwargs(kwargs: Mapping, source: str) -> None:
 
 
 def vavae_kwargs(config: dict) -> dict:
-    """VAVAE constructor arguments: the seed's ddconfig + embed_dim, channels from the data section."""
+    """VAVAE constructor arguments: the seed's ddconfig + embed_dim, channels from the data section
+    (one, the magnitude, for colour-mapped files: mdgen.data.images.model_channels)."""
     vae = config["vae"]
-    channels = config["data"]["channels"]
+    channels = model_channels(config["data"])
     return dict(
         embed_dim=vae["embed_dim"],
         **vae["ddconfig"],

@@ -57,9 +57,12 @@ def lpips_or_none(config: dict) -> PerceptualLoss | None:
 
 
 @torch.inference_mode()
-def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, label: str) -> tuple[dict, list, dict]:
-    """Metrics over the loader, every reconstruction (uint8, as a written file holds it), and
-    (input, reconstruction) of the first image of every user."""
+def evaluate(
+    model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, label: str, colormap: str | None = None
+) -> tuple[dict, list, dict]:
+    """Metrics over the loader (on what the model sees: magnitudes for a colour map), every
+    reconstruction (uint8, as a written file holds it), and (input, reconstruction) of the first
+    image of every user."""
     model.eval()
     psnr, ssim, perceptual, latents, arrays, firsts = [], [], [], [], [], {}
     device = next(model.parameters()).device
@@ -73,7 +76,7 @@ def evaluate(model: VAVAE, loader: DataLoader, lpips: PerceptualLoss | None, lab
         if lpips is not None:
             perceptual.append(lpips(images, reconstructions).flatten())
         latents.append(posterior.mode().transpose(0, 1).flatten(1))  # (C, B·h·w)
-        arrays += to_uint8(reconstructions)
+        arrays += to_uint8(reconstructions, colormap)
         for user, image, reconstruction in zip(batch["user_id"], images.cpu(), reconstructions.cpu()):
             firsts.setdefault(user, (image, reconstruction))
     latents = torch.cat(latents, dim=1).double().cpu()
@@ -95,11 +98,12 @@ def identity(config: dict, manifest: str, vae: VAVAE, recon_val: list, batch_siz
     rows = {split: read_manifest(manifest, split) for split in SPLITS}
     labels = {split: torch.tensor([class_label(r["user_id"]) for r in rows[split]]) for split in SPLITS}
     real = {split: load_images([r["path"] for r in rows[split]], data["channels"], recipe.size) for split in SPLITS}
-    train = MicroDopplerDataset(manifest, "train", data["size"], data["channels"])
+    train = MicroDopplerDataset(manifest, "train", data["size"], data["channels"], colormap=data["colormap"])
     batches = (batch["image"] for batch in DataLoader(train, batch_size=batch_size, shuffle=False))
     recon_train = reconstruct(
         vae,
         progress(batches, desc="reconstructing train", total=-(-len(train) // batch_size), unit="batch"),
+        data["colormap"],
     )
     return reconstruction_identity(
         real["train"],
@@ -127,11 +131,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, "data", "vae", "evaluation")
-    size, channels = config["data"]["size"], config["data"]["channels"]
-    dataset = MicroDopplerDataset(args.manifest, "val", size, channels)
+    size, channels, colormap = config["data"]["size"], config["data"]["channels"], config["data"]["colormap"]
+    dataset = MicroDopplerDataset(args.manifest, "val", size, channels, colormap=colormap)
     loader = DataLoader(dataset, batch_size=config["vae"]["batch_size"], shuffle=False)
     device = device_from_config(config["vae"]["trainer"]["accelerator"])
-    say(f"Evaluating reconstructions of {len(dataset)} val spectrograms ({size}² × {channels}) on {device}")
+    seen = f"{colormap} map inverted: PSNR and SSIM of the 1-channel magnitude" if colormap else f"× {channels}"
+    say(f"Evaluating reconstructions of {len(dataset)} val spectrograms ({size}² {seen}) on {device}")
 
     lpips = lpips_or_none(config)
     lpips = lpips.to(device) if lpips is not None else None
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {initial_label: initial.to(device), "fine-tuned": load_vavae(args.vae, use_vf=None).to(device)}
     results, arrays, reconstructions = {}, {}, {}
     for label, model in models.items():
-        results[label], arrays[label], reconstructions[label] = evaluate(model, loader, lpips, label)
+        results[label], arrays[label], reconstructions[label] = evaluate(model, loader, lpips, label, colormap)
         m = results[label]
         say(
             f"{label:>28}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = [users[i] for i in np.linspace(0, len(users) - 1, min(USERS_SHOWN, len(users))).round().astype(int)]
     rows = [
         to_uint8(
-            torch.stack([reconstructions["fine-tuned"][u][0], *(reconstructions[label][u][1] for label in models)])
+            torch.stack([reconstructions["fine-tuned"][u][0], *(reconstructions[label][u][1] for label in models)]),
+            colormap,
         )
         for u in shown
     ]

@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, "data", "latents")
     size, channels, num_classes = config["data"]["size"], config["data"]["channels"], config["data"]["num_classes"]
+    colormap = config["data"]["colormap"]
     settings = config["latents"]
     device = device_from_config(settings["accelerator"])
 
-    datasets = {split: MicroDopplerDataset(args.manifest, split, size, channels) for split in SPLITS}
+    datasets = {split: MicroDopplerDataset(args.manifest, split, size, channels, colormap=colormap) for split in SPLITS}
     labels = {split: [class_label(row["user_id"]) for row in d.rows] for split, d in datasets.items()}
     out_of_range = sorted({label for split_labels in labels.values() for label in split_labels if label >= num_classes})
     if out_of_range:
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = f"posterior samples (seed {settings['seed']})" if settings["sample_posterior"] else "posterior means"
     say(f"VA-VAE {args.vae} (sha256 {vae_sha256}) on {device}")
     say(
-        f"Encoding {len(datasets['train'])} train / {len(datasets['val'])} val spectrograms ({size}² × {channels}, "
+        f"Encoding {len(datasets['train'])} train / {len(datasets['val'])} val spectrograms ({size}² × {channels}"
+        f"{f', the {colormap} map inverted to 1 channel' if colormap else ''}, "
         f"{len({r['user_id'] for d in datasets.values() for r in d.rows})} users) into {mode}: latents "
         f"{'×'.join(map(str, latent_shape))} {settings['dtype']}, {settings['chunk_size']} per chunk, "
         f"batch {settings['batch_size']}; writing {args.out_dir / 'train.zarr'} and {args.out_dir / 'val.zarr'}"
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "vae_config": vae_model_config(args.vae),
         "image_size": size,
         "channels": channels,
+        "colormap": colormap,
         "sample_posterior": settings["sample_posterior"],
         "dtype": settings["dtype"],
         "seed": settings["seed"],

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, "data", "vae", "logging")
     logging = config["logging"]  # not part of what training resumes by: changing it never restarts
     config = {
-        "data": {k: config["data"][k] for k in ("size", "channels")},
+        "data": {k: config["data"][k] for k in ("size", "channels", "colormap")},
         "vae": config["vae"],
         **({"teacher": config["teacher"]} if teacher_uses(config["vae"]) else {}),
     }
@@ -83,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         config["data"]["channels"],
         vae_config["batch_size"],
         vae_config["num_workers"],
+        colormap=config["data"]["colormap"],
     )
     module = VAVAETraining(config, teacher)
 
     n_params = sum(p.numel() for p in module.vae.parameters())
-    size, channels = config["data"]["size"], config["data"]["channels"]
+    size, colormap = config["data"]["size"], config["data"]["colormap"]
+    seen = f"1-channel magnitudes of {colormap}-mapped" if colormap else f"{config['data']['channels']}-channel"
     say(
         f"VA-VAE: {n_params / 1e6:.2f} M parameters, latents {vae_config['embed_dim']}×"
-        f"{size // module.vae.downsample_factor}² for {size}² × {channels} images"
+        f"{size // module.vae.downsample_factor}² for {size}² {seen} images"
     )
     say(
         f"Data: {len(data.train)} train / {len(data.val)} val spectrograms from {args.manifest}, "
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     pictures = []
     if logging["tensorboard"] and logging["images_every_n_steps"]:
         shown = first_of_each_user(data.val, logging["images_shown"])
-        pictures.append(ReconstructionPictures(shown, logging["images_every_n_steps"]))
+        pictures.append(ReconstructionPictures(shown, logging["images_every_n_steps"], config["data"]["colormap"]))
     trainer = trainer_from_config(
         vae_config["trainer"],
         work_dir,

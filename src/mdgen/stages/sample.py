@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         disable=not fabric.is_global_zero,
     )
     for user in bar:
-        images = to_uint8(sample_user(model, vae, user, settings["per_user"], settings, latent_shape, mean, std))
+        decoded = sample_user(model, vae, user, settings["per_user"], settings, latent_shape, mean, std)
+        images = to_uint8(decoded, config["data"]["colormap"])  # the files' layout: RGB for a colour map
         folder = args.out_dir / user_id(user)
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):

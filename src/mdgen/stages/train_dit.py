@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, "data", "dit", "logging")
     # Not part of what training resumes by: changing them never restarts training.
     logging, sample, evaluation = config["logging"], config["sample"], config["evaluation"]
-    config = {"data": {k: config["data"][k] for k in ("size", "channels", "num_classes")}, "dit": config["dit"]}
+    config = {
+        "data": {k: config["data"][k] for k in ("size", "channels", "colormap", "num_classes")},
+        "dit": config["dit"],
+    }
     dit_config = config["dit"]
     pl.seed_everything(dit_config["seed"], workers=True)
 
@@ -120,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         shown = min(logging["images_shown"], num_classes)
         users = sorted({round(i * (num_classes - 1) / max(shown - 1, 1)) for i in range(shown)})
         pictures.append(
-            SamplePictures(vae, users, latent_shape, data.train.mean, data.train.std, logging["images_every_n_steps"])
+            SamplePictures(
+                vae,
+                users,
+                latent_shape,
+                data.train.mean,
+                data.train.std,
+                logging["images_every_n_steps"],
+                colormap=config["data"]["colormap"],
+            )
         )
     if logging["fidelity_every_n_steps"]:
         if args.manifest is None:
@@ -141,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             every_n_steps=logging["fidelity_every_n_steps"],
             per_user=logging["fidelity_per_user"],
             num_classes=config["data"]["num_classes"],
+            colormap=config["data"]["colormap"],
         )
         pictures.append(probe)
     trainer = trainer_from_config(

@@ -24,6 +24,7 @@ import torch
 
 from mdgen.config import load_config
 from mdgen.data.dataset import class_label, per_user_subset, to_uint8
+from mdgen.data.images import model_channels
 from mdgen.data.validation import read_manifest
 from mdgen.evaluation.classifier import load_images, predict, Recipe, train_classifier
 from mdgen.io import atomic_output
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     val_rows = read_manifest(args.manifest, "val")
     model_kwargs = {
         "num_classes": data["num_classes"],
-        "in_chans": data["channels"],
+        "in_chans": model_channels(data),
         "width": settings["width"],
         "size": settings["size"],
     }
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         f"spectrograms ({f'{args.per_user} per user' if args.per_user is not None else 'all'})"
     )
 
-    images = load_images([row["path"] for row in rows], data["channels"], settings["size"])
+    # What the models it guides see: the magnitude of colour-mapped files, else the files' channels.
+    images = load_images([row["path"] for row in rows], data["channels"], settings["size"], data["colormap"])
     labels = torch.tensor([class_label(row["user_id"]) for row in rows])
     start = time.perf_counter()
     net = train_classifier(
@@ -81,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         data["num_classes"],
         recipe,
         settings["seed"],
-        model_factory=lambda: TeacherNet(data["num_classes"], data["channels"], settings["width"]),
+        model_factory=lambda: TeacherNet(data["num_classes"], model_kwargs["in_chans"], settings["width"]),
     )
     elapsed = time.perf_counter() - start
     teacher = SpectrogramTeacher(**model_kwargs)
     teacher.net.load_state_dict(net.state_dict())
     teacher.eval()
 
-    val_images = load_images([row["path"] for row in val_rows], data["channels"], settings["size"])
+    val_images = load_images([row["path"] for row in val_rows], data["channels"], settings["size"], data["colormap"])
     val_labels = torch.tensor([class_label(row["user_id"]) for row in val_rows])
     metrics = {
         "train_accuracy": (predict(teacher.net, images)[0] == labels).float().mean().item(),
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     shown_images = images[[firsts[user] for user in shown]]
     with torch.no_grad():
         maps = teacher.net.feature_map(shown_images)  # (N, D, size / 8, size / 8)
-    plot_feature_maps(to_uint8(shown_images), maps, shown, args.out_dir / "features.png")
+    plot_feature_maps(to_uint8(shown_images, data["colormap"]), maps, shown, args.out_dir / "features.png")
     say(f"Wrote {args.out_dir / 'teacher.pt'}, teacher.json and features.png")
     return 0
 

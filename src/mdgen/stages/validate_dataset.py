@@ -34,13 +34,15 @@ def main(argv=None) -> int:
     on_bad_file = data["on_bad_file"]
     say(
         f"Validating {args.root}/{{train,val}}/user_NN for {data['num_classes']} users: "
-        f"{data['channels']}-channel images, trained at {data['size']}x{data['size']}, "
+        f"{data['channels']}-channel images{f' ({colormap} colour-mapped)' if (colormap := data['colormap']) else ''}, "
+        f"trained at {data['size']}x{data['size']}, "
         f"at most {data['max_pixels']:,} pixels each, {args.workers} worker(s), on_bad_file={on_bad_file}"
     )
     result = validate_dataset(
         args.root,
         num_classes=data["num_classes"],
         channels=data["channels"],
+        colormap=data["colormap"],
         size=data["size"],
         max_pixels=data["max_pixels"],
         workers=args.workers,

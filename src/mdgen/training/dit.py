@@ -154,8 +154,10 @@ def repa_targets(config: dict, model_kwargs: dict, data, manifest: str, teacher:
     its encoder: the spectrogram teacher (`teacher`, which must have seen exactly the images the DiT
     trains on: all train images, or the low-data draw `data.train_indices`) or DINOv2/MAE from
     dit.repa.weights. The images are the manifest's train split, in the store's order."""
-    repa, size, channels = config["dit"]["repa"], config["data"]["size"], config["data"]["channels"]
-    images = MicroDopplerDataset(manifest, "train", size, channels)
+    repa, data_config = config["dit"]["repa"], config["data"]
+    images = MicroDopplerDataset(
+        manifest, "train", data_config["size"], data_config["channels"], colormap=data_config["colormap"]
+    )
     if [row["path"] for row in images.rows] != data.train.paths:
         raise SystemExit(f"{manifest} is not the manifest the latent store {data.train_store} was extracted from")
     if repa["encoder"] == "domain":

@@ -7,6 +7,7 @@ TensorBoard logger on the Trainer the callbacks do nothing.
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -31,10 +32,12 @@ def tensorboard_of(trainer: pl.Trainer):
 
 class EveryNSteps(pl.Callback):
     """Calls `draw(trainer, pl_module)` -> (tag, images (N, C, H, W) in [-1, 1], columns) at step 0
-    and whenever the global step passes another multiple of `every_n_steps`."""
+    and whenever the global step passes another multiple of `every_n_steps`. With a `colormap`,
+    1-channel magnitudes are shown through it, as the files would look."""
 
-    def __init__(self, every_n_steps: int):
+    def __init__(self, every_n_steps: int, colormap: str | None = None):
         self.every_n_steps = every_n_steps
+        self.colormap = colormap
         self._last = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -49,6 +52,8 @@ class EveryNSteps(pl.Callback):
         with torch.no_grad():
             tag, images, columns = self.draw(trainer, pl_module)
         pl_module.train(was_training)
+        if self.colormap:
+            images = torch.from_numpy(np.stack(to_uint8(images, self.colormap))).permute(0, 3, 1, 2) / 127.5 - 1
         grid = make_grid(((images.float().cpu() + 1) / 2).clamp(0, 1), nrow=columns, padding=1, pad_value=1.0)
         writer.add_image(tag, grid, global_step=step)
 
@@ -59,8 +64,8 @@ class EveryNSteps(pl.Callback):
 class ReconstructionPictures(EveryNSteps):
     """Top row: fixed val images; bottom row: the VA-VAE's reconstructions (posterior means)."""
 
-    def __init__(self, images: torch.Tensor, every_n_steps: int):
-        super().__init__(every_n_steps)
+    def __init__(self, images: torch.Tensor, every_n_steps: int, colormap: str | None = None):
+        super().__init__(every_n_steps, colormap)
         self.images = images  # (N, C, H, W) in [-1, 1]
 
     def draw(self, trainer, pl_module):
@@ -73,8 +78,10 @@ class SamplePictures(EveryNSteps):
     """One sample per shown user from the EMA weights (fixed noise, Euler, a few steps, no guidance),
     decoded with the VA-VAE the latents came from."""
 
-    def __init__(self, vae, users: list[int], latent_shape, mean, std, every_n_steps: int, seed: int = 0):
-        super().__init__(every_n_steps)
+    def __init__(
+        self, vae, users: list[int], latent_shape, mean, std, every_n_steps: int, seed: int = 0, colormap=None
+    ):
+        super().__init__(every_n_steps, colormap)
         self.vae = vae.eval().requires_grad_(False)
         self.users = torch.tensor(users)
         generator = torch.Generator().manual_seed(seed)
@@ -113,12 +120,14 @@ class FidelityProbe(pl.Callback):
         every_n_steps: int,
         per_user: int,
         num_classes: int,
+        colormap: str | None = None,
     ):
         self.vae = vae.eval().requires_grad_(False)
         self.judges, self.judge_size = judges, judge_size
         self.latent_shape, self.settings = latent_shape, settings
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
         self.every_n_steps, self.per_user, self.num_classes = every_n_steps, per_user, num_classes
+        self.colormap = colormap
         self._last = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -140,7 +149,7 @@ class FidelityProbe(pl.Callback):
             decoded = sample_user(
                 pl_module.ema, self.vae, user, self.per_user, self.settings, self.latent_shape, mean, std
             )
-            images += to_uint8(decoded)
+            images += to_uint8(decoded, self.colormap)
             labels += [user] * len(decoded)
         view, labels = judge_view(images, self.judge_size), torch.tensor(labels)
         scores = {

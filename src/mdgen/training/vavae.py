@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mdgen.data.dataset import MicroDopplerDataset
+from mdgen.data.images import model_channels
 from mdgen.losses import build_lpips, FeaturePerceptualLoss, FoundationModel, LPIPSWithDiscriminator, PerceptualLoss
 from mdgen.models.teacher import SpectrogramTeacher
 from mdgen.models.vavae import VAVAE, vavae_kwargs
@@ -67,17 +68,22 @@ def build_loss(config: dict, teacher: SpectrogramTeacher | None = None) -> LPIPS
             vae["use_vf"], foundation_config["weights"], random_weights=foundation_config["random_weights"]
         )
     return LPIPSWithDiscriminator(
-        **loss_config, disc_in_channels=config["data"]["channels"], perceptual=perceptual, foundation_model=foundation
+        **loss_config,
+        disc_in_channels=model_channels(config["data"]),
+        perceptual=perceptual,
+        foundation_model=foundation,
     )
 
 
 class SpectrogramData(pl.LightningDataModule):
     """Train and val splits of the manifest; no augmentation (see MicroDopplerDataset)."""
 
-    def __init__(self, manifest: str, size: int, channels: int, batch_size: int, num_workers: int):
+    def __init__(
+        self, manifest: str, size: int, channels: int, batch_size: int, num_workers: int, colormap: str | None = None
+    ):
         super().__init__()
-        self.train = MicroDopplerDataset(manifest, "train", size, channels)
-        self.val = MicroDopplerDataset(manifest, "val", size, channels)
+        self.train = MicroDopplerDataset(manifest, "train", size, channels, colormap=colormap)
+        self.val = MicroDopplerDataset(manifest, "val", size, channels, colormap=colormap)
         self.batch_size = batch_size
         self.num_workers = num_workers
 
