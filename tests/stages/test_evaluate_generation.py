@@ -76,6 +76,9 @@ def test_copies_of_training_images_are_flagged_as_memorised_and_recognised(copie
     assert all(pair["distance"] < 1e-6 for pair in results["memorisation"]["closest_pairs"])
     assert results["fidelity"]["accuracy"]["mean"] >= 0.9  # the classifier saw exactly these images
     assert results["precision_recall"]["precision"] > 0.5
+    # the samples are the train set itself, so they score exactly the real reference
+    pr = results["precision_recall"]
+    assert pr["real_train_vs_val"] == {"precision": pr["precision"], "recall": pr["recall"]}
     for name in ("metrics.csv", "accuracy_vs_ratio.png", "per_user_accuracy.png", "confusion.png", "nearest_pairs.png"):
         assert (out / name).stat().st_size > 0
     assert Image.open(out / "identity.png").size == (650, 400)  # 6.5 × 4 inches at 100 dpi

@@ -154,7 +154,11 @@ def distribution_metrics(judge, train: Images, val: Images, samples: Images, set
             "real_train_vs_val": frechet_distance(features["val"], features["train"]),
         },
         "precision_recall": precision_recall(features["val"], features["samples"], k=settings["knn_k"])
-        | {"k": settings["knn_k"]},
+        | {
+            "k": settings["knn_k"],
+            # what real recordings score: real train in place of the samples
+            "real_train_vs_val": precision_recall(features["val"], features["train"], k=settings["knn_k"]),
+        },
         "memorisation": {key: memo[key] for key in ("threshold", "quantile", "fraction_flagged")}
         | {"closest_pairs": closest},
     }
@@ -177,6 +181,8 @@ def metrics_rows(results: dict, knn_k: int) -> list[tuple[str, str, str]]:
         ("Fréchet distance, val vs real train (reference)", f"{fd['real_train_vs_val']:.3f}", ""),
         (f"precision (k={knn_k})", f"{pr['precision']:.4f}", ""),
         (f"recall (k={knn_k})", f"{pr['recall']:.4f}", ""),
+        (f"precision (k={knn_k}), real train vs val (reference)", f"{pr['real_train_vs_val']['precision']:.4f}", ""),
+        (f"recall (k={knn_k}), real train vs val (reference)", f"{pr['real_train_vs_val']['recall']:.4f}", ""),
         ("samples flagged as memorised", f"{results['memorisation']['fraction_flagged']:.4f}", ""),
     ]
 
