@@ -1,6 +1,7 @@
 """The Snakemake workflow, run for real: lint, formatting, config validation, and a tiny pipeline."""
 
 import csv
+import io
 import json
 import os
 import re
@@ -352,7 +353,7 @@ def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):
         },
         "dit": TINY["dit"] | {"repa": {"weight": 0.5, "depth": 1, "projector_dim": 16}},
         "evaluation": TINY["evaluation"] | {"low_data_k": [2]},
-        "logging": {"fidelity_every_n_steps": 10, "fidelity_per_user": 1, "tensorboard": False},
+        "logging": {"fidelity_every_n_steps": 10, "fidelity_per_user": 1},
     }
     result = snakemake(tmp_path, "--cores", "2", config=config)
     assert result.returncode == 0, result.stderr + (tmp_path / "results/logs").joinpath("train_dit.log").read_text()
@@ -374,6 +375,11 @@ def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):
     jet = {tuple(colour) for colour in colormap_table("jet")}
     samples = sorted((tmp_path / "results/samples").glob("user_*/*.png"))
     assert samples and all({tuple(c) for c in np.asarray(Image.open(p)).reshape(-1, 3)} <= jet for p in samples)
+    # and TensorBoard shows the pictures through jet too
+    (events,) = (tmp_path / "results/vae/training/tensorboard").glob("version_*")
+    picture = EventAccumulator(str(events)).Reload().Images("reconstructions (top: val input)")[-1]
+    drawn = np.asarray(Image.open(io.BytesIO(picture.encoded_image_string)).convert("RGB"))
+    assert (drawn[..., 0] != drawn[..., 2]).any()  # colours, not a grey magnitude
 
 
 def test_usable_as_a_snakemake_module(tmp_path):

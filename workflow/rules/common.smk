@@ -149,7 +149,10 @@ def stage_config(*sections, **subsections):
     `subsections` (section=keys) only those keys, so that other settings of that section do not
     rerun the stage. Of the data section only what models depend on: validation settings must not
     retrain them."""
-    data = {key: config["data"][key] for key in ("size", "channels", "colormap", "num_classes")}
+    data = {
+        key: config["data"][key]
+        for key in ("size", "channels", "colormap", "num_classes")
+    }
     parts = {s: config[s] for s in sections} | {
         s: {key: config[s][key] for key in keys} for s, keys in subsections.items()
     }

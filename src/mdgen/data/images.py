@@ -39,7 +39,7 @@ class ConversionError(ValueError):
 @functools.cache
 def colormap_table(name: str) -> np.ndarray:
     """The 256 colours of a matplotlib colour map as uint8 RGB, (256, 3) read-only: entry i is
-    the colour of magnitude i / 255. A ValueError names the known maps for an unknown name."""
+    the colour of magnitude i / 255. An unknown name is a ValueError."""
     from matplotlib import colormaps  # not at import: validation must stay light
 
     if name not in colormaps:
@@ -61,15 +61,19 @@ def invert_colormap(rgb: np.ndarray, name: str, tolerance: float = COLORMAP_TOLE
     packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
     colours, inverse = np.unique(packed, return_inverse=True)  # a spectrogram has few distinct colours
     unique_rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1)
-    distances = np.sqrt(((unique_rgb[:, None, :] - table[None]) ** 2).sum(-1))  # (colours, 256)
-    nearest = distances.argmin(1)
-    off = distances[np.arange(len(colours)), nearest] > tolerance
+    nearest, distance = np.empty(len(colours), np.int64), np.empty(len(colours))
+    for start in range(0, len(colours), 4096):  # bounded memory for a photo's million colours
+        chunk = slice(start, start + 4096)
+        squared = ((unique_rgb[chunk, None, :] - table[None]) ** 2).sum(-1)  # (colours, 256)
+        nearest[chunk] = squared.argmin(1)
+        distance[chunk] = np.sqrt(squared.min(1))
+    off = distance > tolerance
     if off.any():
         counts = np.bincount(inverse.ravel(), minlength=len(colours))
-        worst = int(np.argmax(np.where(off, distances.min(1), -1)))
+        worst = int(np.argmax(distance))
         raise ConversionError(
             f"{int(counts[off].sum()):,} of {packed.size:,} pixels are not colours of the {name} map (worst: RGB "
-            f"{tuple(int(v) for v in unique_rgb[worst])}, {distances[worst].min():.0f} from the nearest of its "
+            f"{tuple(int(v) for v in unique_rgb[worst])}, {distance[worst]:.0f} from the nearest of its "
             f"256 colours; at most {tolerance:g} is accepted): save the spectrograms as lossless {name}-mapped "
             "PNGs at their own size, or set data.colormap: null to model the RGB colours as they are"
         )
