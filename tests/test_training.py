@@ -69,3 +69,70 @@ def test_adam_runs_fused_except_under_mixed_precision_where_lightning_clips_and_
     assert fused_adam(Trainer()) is False  # Lightning's GradScaler unscales (and clips) before the step
     module.trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False)
     assert module.configure_optimizers().defaults["fused"] is False  # Lightning would refuse to clip
+
+
+def tiny_dit_module(**dit):
+    from conftest import tiny_config
+
+    from mdgen.config import load_config
+    from mdgen.models.lightningdit import dit_kwargs
+    from mdgen.training.dit import DiTTraining
+
+    config = tiny_config()
+    config["dit"].update(dit)
+    config = load_config(json.dumps(config))
+    return DiTTraining(config, dit_kwargs(config, (4, 2, 2)), repa_feature_dim=8 if "repa" in dit else None)
+
+
+def test_dit_checkpoints_hold_the_model_once_and_older_ones_with_a_second_copy_still_load():
+    module = tiny_dit_module()
+    state = module.state_dict()
+    assert {key.split(".")[0] for key in state} == {"model", "ema"}
+    # Written before the training forward left the submodules: the same weights again as forward_model.*
+    copy = {"forward_model." + key.removeprefix("model."): v for key, v in state.items() if key.startswith("model.")}
+    checkpoint = {"state_dict": {**state, **copy}}
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+
+
+def test_compile_without_a_cpp_compiler_trains_uncompiled_and_says_so(monkeypatch, capsys):
+    from torch._inductor import config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-c++-compiler"))
+    module = tiny_dit_module(compile=True)
+    assert module.forward_model is module.model
+    assert "no C++ compiler found" in capsys.readouterr().out
+
+
+def test_compiled_training_step_gives_the_eager_loss_and_gradients_and_validation_stays_eager():
+    import pytest
+
+    from mdgen.training import cpp_compiler
+
+    if cpp_compiler() is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler (g++)")
+    torch.manual_seed(0)
+    module = tiny_dit_module(compile=True, repa={"weight": 0.5, "depth": 1})
+    assert module.forward_model is not module.model
+    latents, labels, features = torch.randn(4, 4, 2, 2), torch.tensor([0, 1, 2, 0]), torch.randn(4, 4, 8)
+    fixed = dict(t=torch.rand(4), noise=torch.randn(4, 4, 2, 2))
+
+    def step():
+        module.zero_grad()
+        loss = module._losses(latents, labels, features, **fixed)["loss"]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in module.model.parameters() if p.grad is not None]
+
+    module.train()
+    compiled_loss, compiled_grads = step()
+    module.__dict__["forward_model"] = module.model
+    eager_loss, eager_grads = step()
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    assert len(eager_grads) > 0
+    for compiled_grad, eager_grad in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
+
+    module.__dict__["forward_model"] = None  # validation must not reach it
+    module.eval()
+    with torch.no_grad():
+        assert torch.isfinite(module._losses(latents, labels, **fixed)["loss"])

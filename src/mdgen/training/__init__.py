@@ -36,6 +36,31 @@ def device_from_config(accelerator: str) -> torch.device:
     return Fabric(accelerator=accelerator, devices=1).device
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's inductor would build CPU kernels with ($CXX, else g++ or
+    clang++ on macOS), or None where there is none."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # inductor's InvalidCxxCompiler, or a torch whose private module moved
+        return None
+
+
+def compiled(model: torch.nn.Module, accelerator: str) -> torch.nn.Module:
+    """torch.compile(model), or the model itself where compiling cannot work: on the CPU inductor
+    builds C++ kernels, so without a compiler the first step would fail after the data and any
+    REPA targets were prepared. Then training runs eager, with the same results and about 1.3×
+    slower (a LightningDiT-Tiny/2 step at batch 64: docs/speed.md), and says so."""
+    if device_from_config(accelerator).type == "cpu" and cpp_compiler() is None:
+        say(
+            "compile: no C++ compiler found (torch.compile builds its CPU kernels with $CXX or g++); "
+            "training runs uncompiled: same results, about 1.3× slower. Install g++ to compile."
+        )
+        return model
+    return torch.compile(model)
+
+
 def fused_adam(trainer: pl.Trainer) -> bool:
     """Whether Adam(W) runs as torch's fused kernel: one pass over each tensor, the same update to
     float rounding, and on the CPU 12× faster than torch's default per-tensor loop (a LightningDiT-B/2

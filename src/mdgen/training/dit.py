@@ -17,7 +17,7 @@ from mdgen.losses.repa import build_projector, repa_loss
 from mdgen.models.lightningdit import build_dit, registry_size
 from mdgen.models.teacher import load_teacher
 from mdgen.progress import progress
-from mdgen.training import fused_adam
+from mdgen.training import compiled, fused_adam
 from mdgen.transport import training_loss
 
 
@@ -32,8 +32,10 @@ class DiTTraining(pl.LightningModule):
         self.dit_config = config["dit"]
         self.model = build_dit(model_kwargs)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        # Compile only the training forward: the state dict keeps the official key names.
-        self.forward_model = torch.compile(self.model) if self.dit_config["compile"] else self.model
+        # Compile only the training forward: the state dict keeps the official key names. Kept out of
+        # the submodules, so that checkpoints hold self.model once, under its own names.
+        model, accelerator = self.model, self.dit_config["trainer"]["accelerator"]
+        self.__dict__["forward_model"] = compiled(model, accelerator) if self.dit_config["compile"] else model
         self.repa = self.dit_config["repa"]
         self.projector = None  # REPA's, training-only: never part of self.model's state dict
         if self.repa["weight"] > 0:
@@ -51,10 +53,13 @@ class DiTTraining(pl.LightningModule):
         transport = self.dit_config["transport"]
         hidden = {}
 
+        # Validation runs eager: a compiled graph per val shape and grad mode would cost more than it saves.
+        model = self.forward_model if self.training else self.model
+
         def velocity(x, t, y):
             if features is None:
-                return self.forward_model(x, t, y)
-            prediction, hidden["tokens"] = self.forward_model(x, t, y, hidden_at=self.repa["depth"])
+                return model(x, t, y)
+            prediction, hidden["tokens"] = model(x, t, y, hidden_at=self.repa["depth"])
             return prediction
 
         losses = training_loss(
@@ -69,6 +74,12 @@ class DiTTraining(pl.LightningModule):
             losses["repa"] = repa_loss(self.projector(hidden["tokens"]), features)
             losses["loss"] = losses["loss"] + self.repa["weight"] * losses["repa"]
         return losses
+
+    def on_load_checkpoint(self, checkpoint):
+        # Checkpoints written before forward_model left the submodules hold it as a second copy of model.
+        state = checkpoint["state_dict"]
+        for key in [key for key in state if key.startswith("forward_model.")]:
+            del state[key]
 
     def training_step(self, batch, batch_idx):
         latents, labels, *features = batch
