@@ -18,6 +18,8 @@ from mdgen.stages.simulate_dataset import main as simulate
 REPO = Path(__file__).resolve().parents[1]
 
 # Model sizes for CPU tests: a 2-level VA-VAE (f2) on 32×32 images, a 2-block DiT on its 4×16×16 latents.
+# The default's alignment, perceptual term and compiling are off in the tiny runs unless a test turns
+# them on: they need the teacher, and compiling costs half a minute.
 TINY = {
     "data": {"num_classes": 3, "size": 32},
     "simulator": {"train_per_user": 4, "val_per_user": 2},
@@ -28,11 +30,16 @@ TINY = {
         "base_learning_rate": 1.0e-3,
         "checkpoint_every_n_steps": 4,
         "ddconfig": {"z_channels": 4, "resolution": 32, "ch": 32, "ch_mult": [1, 2], "attn_resolutions": [16]},
-        "lossconfig": {"disc_start": 10},
+        "use_vf": None,
+        "lossconfig": {"disc_start": 10, "perceptual_weight": 0.0},
+        "perceptual": {"network": "lpips"},
         "trainer": {"accelerator": "cpu", "max_epochs": -1, "max_steps": 40, "log_every_n_steps": 1},
     },
     "dit": {
         "model_type": "LightningDiT-Micro/1",
+        "compile": False,
+        "optimizer": {"lr": 2.0e-4},
+        "repa": {"weight": 0.0},
         "batch_size": 4,
         "ema_decay": 0.9,
         "checkpoint_every_n_steps": 4,

@@ -117,3 +117,12 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
     with pytest.raises(SystemExit, match="ceiling/samples exists"):  # a second run never mixes its images in
         script("decoder_ceiling").main(argv)
     assert report["frechet_distance"]["overall"] >= 0 and 0 <= report["precision_recall"]["recall"] <= 1
+
+
+def test_judge_resolution_trains_the_recipe_at_each_size_and_judged_size(tiny_manifest, capsys):
+    argv = ["--manifest", str(tiny_manifest), "--sizes", "32:32", "8:32", "--num-classes", "3", "--seeds", "0", "1"]
+    results = script("judge_resolution").main(argv)
+    assert list(results) == ["32:32", "8:32"]
+    assert all(len(runs) == 2 and all(0 <= a <= 1 for a in runs) for runs in results.values())
+    out = capsys.readouterr().out
+    assert "images 8 px, judged at 32 px: real val accuracy" in out

@@ -114,3 +114,20 @@ def test_the_24gb_preset_trains_a_dit_with_checkpointing_in_bf16(tiny_latents, t
     exported = torch.load(tmp_path / "dit.pt", weights_only=True)
     assert exported["config"]["model"]["use_checkpoint"] is True
     assert all(torch.isfinite(value).all() for value in exported["ema"].values() if value.is_floating_point())
+
+
+def test_the_paper_preset_keeps_the_official_recipe_whatever_the_cpu_default_sets():
+    config = preset(PRESETS / "paper.yaml")
+    vae, dit = config["vae"], config["dit"]
+    assert config["data"]["size"] == 256
+    assert vae["use_vf"] == "dinov2" and vae["perceptual"]["network"] == "lpips"
+    assert vae["ddconfig"]["ch_mult"] == [1, 1, 2, 2, 4] and vae["ddconfig"]["attn_resolutions"] == [16]
+    assert vae["base_learning_rate"] == 1e-5 and vae["lossconfig"]["disc_start"] == 1000
+    assert dit["optimizer"]["lr"] == 2e-4 and dit["repa"]["weight"] == 0 and dit["compile"] is False
+
+
+def test_the_study_preset_works_at_64_px_throughout_over_the_32_px_default():
+    study = yaml.safe_load((PRESETS / "study.yaml").read_text())
+    merged = deep_update(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), study)
+    assert merged["data"]["size"] == merged["teacher"]["size"] == merged["vae"]["ddconfig"]["resolution"] == 64
+    assert merged["dit"]["model_type"] == "LightningDiT-Tiny/2" and merged["dit"]["compile"] is True

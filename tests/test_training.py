@@ -95,11 +95,11 @@ def test_dit_checkpoints_hold_the_model_once_and_older_ones_with_a_second_copy_s
     module.load_state_dict(checkpoint["state_dict"], strict=True)
 
 
-def test_compile_without_a_cpp_compiler_trains_uncompiled_and_says_so(monkeypatch, capsys):
+def test_compile_without_a_cpp_compiler_trains_uncompiled_and_says_so(capsys):
     from torch._inductor import config as inductor
 
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-c++-compiler"))
-    module = tiny_dit_module(compile=True)
+    with inductor.patch({"cpp.cxx": (None, "no-such-c++-compiler")}):  # monkeypatch's undo would delete the key
+        module = tiny_dit_module(compile=True)
     assert module.forward_model is module.model
     assert "no C++ compiler found" in capsys.readouterr().out
 
