@@ -6,8 +6,16 @@ from torch import nn
 
 from mdgen.data.dataset import class_label, MicroDopplerDataset
 from mdgen.data.validation import read_manifest
-from mdgen.evaluation.classifier import load_images, Recipe
-from mdgen.evaluation.identity import format_identity_table, judge_view, reconstruct, reconstruction_identity
+from mdgen.evaluation.classifier import load_images, predict, Recipe
+from mdgen.evaluation.identity import (
+    format_identity_table,
+    judge_view,
+    load_judges,
+    reconstruct,
+    reconstruction_identity,
+    save_judges,
+    train_judges,
+)
 
 RECIPE = Recipe(epochs=20, size=32, batch_size=4)
 SEEDS = [0, 1]
@@ -53,8 +61,9 @@ def split_data(manifest):
 def table_for(autoencoder, manifest):
     real, labels, images = split_data(manifest)
     recon = {s: judge_view(reconstruct(autoencoder, images[s].split(4)), RECIPE.size) for s in images}
+    judges = train_judges(real["train"], labels["train"], 3, RECIPE, SEEDS)
     table = reconstruction_identity(
-        real["train"], labels["train"], real["val"], labels["val"], recon["val"], 3, RECIPE, SEEDS, recon["train"]
+        judges, labels["train"], real["val"], labels["val"], recon["val"], 3, RECIPE, recon["train"]
     )
     return table, real, recon
 
@@ -89,3 +98,25 @@ def test_identity_table_lines_name_every_generator_and_step():
     assert len(lines) == 3 and "CAS" in lines[0] and "real val" in lines[0]
     assert lines[1].split()[0] == "real_train" and lines[1].count("0.500") == 4
     assert lines[2].split()[0] == "k4" and lines[2].count("0.500") == 3 and "–" in lines[2]
+
+
+def test_saved_judges_predict_as_the_trained_ones_and_refuse_other_settings(tiny_manifest, tmp_path):
+    real, labels, _ = split_data(tiny_manifest)
+    rows = read_manifest(tiny_manifest, "train")
+    judges = train_judges(real["train"], labels["train"], 3, RECIPE, SEEDS)
+    save_judges(tmp_path / "judges.pt", judges, RECIPE, rows, 3, 3)
+    loaded = load_judges(tmp_path / "judges.pt", RECIPE, SEEDS, rows, 3, 3)
+    assert list(loaded) == SEEDS
+    for seed in SEEDS:
+        trained_logits, loaded_logits = predict(judges[seed], real["val"])[1], predict(loaded[seed], real["val"])[1]
+        assert torch.equal(trained_logits, loaded_logits)
+
+    # other seeds, another recipe, other training images: named, not silently reused
+    with pytest.raises(SystemExit, match=r"seeds: \[0, 1\] \(expected \[0, 2\]\).*rerun evaluate_vae"):
+        load_judges(tmp_path / "judges.pt", RECIPE, [0, 2], rows, 3, 3)
+    with pytest.raises(SystemExit, match=r"recipe: .*'epochs': 20.*\(expected .*'epochs': 21"):
+        load_judges(tmp_path / "judges.pt", Recipe(epochs=21, size=32, batch_size=4), SEEDS, rows, 3, 3)
+    changed = [dict(row) for row in rows]
+    changed[0]["sha256"] = "0" * 64  # the same file name, other pixels
+    with pytest.raises(SystemExit, match="train_fingerprint"):
+        load_judges(tmp_path / "judges.pt", RECIPE, SEEDS, changed, 3, 3)

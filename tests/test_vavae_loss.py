@@ -154,7 +154,7 @@ def test_adversarial_term_is_exactly_zero_before_disc_start():
     loss, log = loss_fn(x, xrec, posterior, 0, global_step=99, last_layer=decoder.weight)
     assert torch.equal(loss, log["train/nll_loss"] + 1e-6 * log["train/kl_loss"])
     assert log["train/d_weight"].item() == 0.0 and log["train/disc_factor"].item() == 0.0
-    assert log["train/g_loss"].item() != 0.0  # still logged, as in the official code
+    assert "train/g_loss" not in log  # the discriminator is not run before disc_start
 
     # the decoder gets exactly the gradient of the reconstruction + KL loss alone
     (gradient,) = torch.autograd.grad(loss, decoder.weight, retain_graph=True)
@@ -164,7 +164,32 @@ def test_adversarial_term_is_exactly_zero_before_disc_start():
     assert torch.equal(gradient, expected)
 
     d_loss, d_log = loss_fn(x, xrec, posterior, 1, global_step=99)
-    assert d_loss.item() == 0.0 and set(d_log) == {"train/disc_loss", "train/logits_real", "train/logits_fake"}
+    assert d_loss.item() == 0.0 and set(d_log) == {"train/disc_loss"}
+
+
+def test_discriminator_update_before_disc_start_is_the_official_zero_step():
+    """The official 0 · hinge(D(x), D(x̂)) and the loss without discriminator passes give every
+    discriminator weight the same zero gradient, so Adam ends in the same weights and states."""
+    x, xrec, posterior, _, _, _ = tiny_autoencoder_step()
+    ours, official = gan_loss(), gan_loss()
+    official.discriminator.load_state_dict(ours.discriminator.state_dict())
+    losses = {
+        ours: lambda: ours(x, xrec, posterior, 1, global_step=99)[0],
+        official: lambda: 0.0 * hinge_d_loss(official.discriminator(x), official.discriminator(xrec.detach())),
+    }
+    for module, loss in losses.items():
+        optimizer = torch.optim.Adam(module.discriminator.parameters(), lr=1e-3, betas=(0.5, 0.9))
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss().backward()
+            optimizer.step()
+        module.adam_state = optimizer.state_dict()["state"]
+    for (name, p), q in zip(ours.discriminator.named_parameters(), official.discriminator.parameters()):
+        assert torch.equal(p.grad, q.grad) and not p.grad.any(), name
+        assert torch.equal(p, q), name
+    for index, state in official.adam_state.items():
+        assert all(torch.equal(value, ours.adam_state[index][key]) for key, value in state.items())
+    assert official.adam_state[0]["step"].item() == 2
 
 
 def test_adversarial_term_is_weighted_adaptively_from_disc_start():

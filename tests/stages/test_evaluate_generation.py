@@ -6,10 +6,14 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config, write_vae_eval
 from PIL import Image
 
+from mdgen.data.dataset import class_label
 from mdgen.data.validation import read_manifest
+from mdgen.evaluation.classifier import load_images, Recipe
+from mdgen.evaluation.identity import save_judges, train_judges
 from mdgen.stages.evaluate_generation import main as evaluate
 
 SETTINGS = {
@@ -96,6 +100,34 @@ def test_identity_table_follows_each_generator_from_real_to_cas(copied):
         assert row["cas"] == study["synthetic_only"]["val_accuracy"]
     rows = {r[0]: r for r in csv.reader((out / "metrics.csv").open())}
     assert rows["reconstructions of real val classified as their user"][1:] == ["0.5000", "0.0000"]
+
+
+def test_saved_judges_give_the_results_of_judges_trained_here(copied, tiny_manifest, tmp_path):
+    """evaluate_vae's judges (--judges) replace the real-only training: every number is the same."""
+    results, out = copied
+    recipe = Recipe(**SETTINGS["classifier"])
+    rows = read_manifest(tiny_manifest, "train")
+    images = load_images([r["path"] for r in rows], 3, recipe.size)
+    labels = torch.tensor([class_label(r["user_id"]) for r in rows])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run() trains them: --threads 1
+    try:
+        judges = train_judges(images, labels, 3, recipe, SETTINGS["seeds"])
+    finally:
+        torch.set_num_threads(threads)
+    save_judges(tmp_path / "judges.pt", judges, recipe, rows, 3, 3)
+    samples = out.parent / "samples"
+    reused = run(
+        tiny_manifest, samples, tmp_path / "eval", f"--low-data=2={samples}", "--judges", str(tmp_path / "judges.pt")
+    )
+    for key in ("real_only", "augmented", "synthetic_only", "fidelity", "frechet_distance", "precision_recall"):
+        assert reused[key] == results[key], key
+    assert reused["identity"]["generators"] == results["identity"]["generators"]
+
+    other = SETTINGS["seeds"][:1]
+    save_judges(tmp_path / "one.pt", {seed: judges[seed] for seed in other}, recipe, rows, 3, 3)
+    with pytest.raises(SystemExit, match=r"holds other judges .*seeds: \[0\] \(expected \[0, 1\]\)"):
+        run(tiny_manifest, samples, tmp_path / "eval2", "--judges", str(tmp_path / "one.pt"))
 
 
 @pytest.mark.parametrize("seeds", [[0, 1, 2], [0, 2]])

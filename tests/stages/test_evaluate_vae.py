@@ -3,8 +3,13 @@ is lost (the identity table)."""
 
 import json
 
+import torch
 from conftest import finetune, tiny_config
 
+from mdgen.data.dataset import class_label
+from mdgen.data.validation import read_manifest
+from mdgen.evaluation.classifier import load_images, Recipe
+from mdgen.evaluation.identity import accuracy, load_judges
 from mdgen.models.vavae import save_official, VAVAE, vavae_kwargs
 from mdgen.stages.evaluate_vae import main as evaluate
 
@@ -44,8 +49,19 @@ def test_evaluate_vae_writes_the_identity_table(tiny_manifest, tmp_path):
     save_official(tmp_path / "vavae.pt", VAVAE(**vavae_kwargs(config)), {"model": vavae_kwargs(config), **config})
     out = tmp_path / "eval.json"
     args = ["--manifest", str(tiny_manifest), "--vae", str(tmp_path / "vavae.pt"), "--config", json.dumps(config)]
-    assert evaluate([*args, "--out-json", str(out), "--out-png", str(tmp_path / "recon.png")]) == 0
+    judges = tmp_path / "judges.pt"
+    outputs = ["--out-json", str(out), "--out-png", str(tmp_path / "recon.png"), "--out-judges", str(judges)]
+    assert evaluate([*args, *outputs]) == 0
     table = json.loads(out.read_text())["identity"]
     assert table["judge"].startswith("evaluation classifier (cnn, 32 px) trained on real train, seeds [0, 1]")
     for key in ("real_val", "reconstructions", "reconstruction_judge"):
         assert len(table[key]["runs"]) == 2 and 0 <= table[key]["mean"] <= 1
+    # the real judges, for evaluate_generation: they score real val as the table says
+    settings = config["evaluation"]
+    recipe = Recipe(**settings["classifier"])
+    rows = read_manifest(tiny_manifest, "train")
+    loaded = load_judges(judges, recipe, settings["seeds"], rows, 3, 3)
+    val = read_manifest(tiny_manifest, "val")
+    val_x = load_images([r["path"] for r in val], 3, recipe.size)
+    val_y = torch.tensor([class_label(r["user_id"]) for r in val])
+    assert [accuracy(loaded[seed], val_x, val_y) for seed in settings["seeds"]] == table["real_val"]["runs"]

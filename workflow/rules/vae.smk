@@ -42,6 +42,7 @@ rule evaluate_vae:
         pretrained=pretrained_files("vae"),
     output:
         metrics="results/vae/eval.json",
+        judges="results/eval/judges.pt",
         figure=report(
             "results/vae/reconstructions.png",
             caption="../report/vae_reconstructions.rst",
@@ -57,9 +58,10 @@ rule evaluate_vae:
     resources:
         **gpu_resources("evaluate_vae", "vae", one_process=True),
     params:
-        # The identity table trains the evaluation classifier: its seeds and recipe.
+        # The identity table trains the evaluation classifier (the judges evaluate_generation
+        # reuses): its seeds and recipe.
         config=stage_config("vae", evaluation=("seeds", "classifier")),
     shell:
         "python -m mdgen.stages.evaluate_vae --manifest {input.manifest} --vae {input.vae}"
         " --config {params.config:q} --out-json {output.metrics} --out-png {output.figure}"
-        " > {log} 2>&1"
+        " --out-judges {output.judges} > {log} 2>&1"

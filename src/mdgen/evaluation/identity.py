@@ -10,22 +10,33 @@ sample's fidelity can reach. Two judges answer two questions:
 - the reconstruction judge (trained on reconstructions of real train) on reconstructions of real
   val: how much identity do the latents hold at all, whatever the shift of the whole distribution?
 
+    judges = train_judges(train_x, train_y, num_classes, recipe, seeds)
     recon_val = judge_view(reconstruct(vae, val_batches), recipe.size)
-    table = reconstruction_identity(train_x, train_y, val_x, val_y, recon_val, num_classes, recipe, seeds)
+    table = reconstruction_identity(judges, train_y, val_x, val_y, recon_val, num_classes, recipe)
+    save_judges("results/eval/judges.pt", judges, recipe, train_rows, num_classes, channels)  # evaluate_vae
+    judges = load_judges("results/eval/judges.pt", recipe, seeds, train_rows, num_classes, channels)
+
+The real judges are trained once per run, by evaluate_vae, and saved for evaluate_generation:
+the same classifiers then measure reconstructions, samples and the real-only baseline.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader
 
 from mdgen.data.dataset import class_label, MicroDopplerDataset, to_uint8
-from mdgen.evaluation.classifier import as_judged, load_images, predict, Recipe, train_classifier
+from mdgen.evaluation.classifier import as_judged, build_classifier, load_images, predict, Recipe, train_classifier
 from mdgen.evaluation.study import summary
+from mdgen.io import atomic_output
 
 
 @torch.inference_mode()
@@ -56,27 +67,34 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predict(model, images)[0] == labels).float().mean())
 
 
+def train_judges(
+    train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, recipe: Recipe, seeds: list[int]
+) -> dict[int, nn.Module]:
+    """The real judges: the evaluation classifier trained on real train images, one per seed."""
+    return {seed: train_classifier(train_x, train_y, num_classes, recipe, seed) for seed in seeds}
+
+
 def reconstruction_identity(
-    train_x: torch.Tensor,
+    judges: dict[int, nn.Module],
     train_y: torch.Tensor,
     val_x: torch.Tensor,
     val_y: torch.Tensor,
     recon_val_x: torch.Tensor,
     num_classes: int,
     recipe: Recipe,
-    seeds: list[int],
     recon_train_x: torch.Tensor | None = None,
 ) -> dict:
     """Accuracy on real val and on its reconstructions for the real judge of each seed, and (with
-    recon_train_x) of the reconstruction judge; every image at the recipe's size, in [-1, 1]."""
+    recon_train_x, the reconstructions of the images the judges trained on, labelled train_y) of
+    a reconstruction judge trained with the same seed; every image at the recipe's size, in [-1, 1]."""
+    seeds = list(judges)
     real, reconstructions, recon_judge = [], [], []
-    for seed in seeds:
-        judge = train_classifier(train_x, train_y, num_classes, recipe, seed)
+    for seed, judge in judges.items():
         real.append(accuracy(judge, val_x, val_y))
         reconstructions.append(accuracy(judge, recon_val_x, val_y))
         if recon_train_x is not None:
-            judge = train_classifier(recon_train_x, train_y, num_classes, recipe, seed)
-            recon_judge.append(accuracy(judge, recon_val_x, val_y))
+            trained_on_reconstructions = train_classifier(recon_train_x, train_y, num_classes, recipe, seed)
+            recon_judge.append(accuracy(trained_on_reconstructions, recon_val_x, val_y))
     table = {
         "judge": judge_name(recipe, seeds),
         "chance": 1 / num_classes,
@@ -86,6 +104,60 @@ def reconstruction_identity(
     if recon_train_x is not None:
         table["reconstruction_judge"] = summary(recon_judge)
     return table
+
+
+def training_set_fingerprint(rows: list[dict]) -> str:
+    """sha256 over the manifest rows' paths and contents: which images a judge learned from."""
+    lines = sorted(f"{row['path']}\t{row['sha256']}" for row in rows)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def judges_record(recipe: Recipe, seeds: list[int], train_rows: list[dict], num_classes: int, channels: int) -> dict:
+    """What defines a set of judges; a saved set is reused only where all of it matches."""
+    return {
+        "judge": judge_name(recipe, seeds),
+        "recipe": asdict(recipe),
+        "seeds": list(seeds),
+        "num_classes": num_classes,
+        "channels": channels,
+        "train_images": len(train_rows),
+        "train_fingerprint": training_set_fingerprint(train_rows),
+    }
+
+
+def save_judges(
+    path: Path, judges: dict[int, nn.Module], recipe: Recipe, train_rows: list[dict], num_classes: int, channels: int
+) -> None:
+    """The real judges' weights with what defines them (`judges_record`), written atomically."""
+    payload = judges_record(recipe, list(judges), train_rows, num_classes, channels)
+    payload["state_dicts"] = {seed: model.state_dict() for seed, model in judges.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_judges(
+    path: Path, recipe: Recipe, seeds: list[int], train_rows: list[dict], num_classes: int, channels: int
+) -> dict[int, nn.Module]:
+    """The judges `save_judges` wrote, in eval mode, if they are the ones this evaluation would
+    train (same recipe, seeds, classes, channels and train images); otherwise SystemExit naming
+    what differs."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    expected = judges_record(recipe, seeds, train_rows, num_classes, channels)
+    differ = [key for key, value in expected.items() if saved.get(key) != value]
+    if differ:
+        found = "; ".join(f"{key}: {saved.get(key)!r} (expected {expected[key]!r})" for key in differ if key != "judge")
+        raise SystemExit(
+            f"{path} holds other judges than this evaluation trains ({found}): rerun evaluate_vae with the same "
+            "data and evaluation settings"
+        )
+    judges = {}
+    for seed in seeds:
+        model = build_classifier(num_classes, channels, recipe)
+        model.load_state_dict(saved["state_dicts"][seed])
+        # The layout train_classifier leaves it in, so predictions equal the trained model's.
+        judges[seed] = model.to(memory_format=torch.channels_last).eval()
+    return judges
 
 
 # The steps an image takes from a real recording to a classifier trained on samples.

@@ -81,9 +81,14 @@ def run_protocols(
     generator_saw: str,
     on_run: Callable[[], None] = lambda: None,
     log: Callable[[str], None] = print,
+    real_only: dict[int, torch.nn.Module] | None = None,
 ) -> tuple[dict, dict]:
     """Every protocol over every seed: ({"generator_saw", "real_only", "augmented", "synthetic_only"},
-    {seed: the real-only classifier}). `on_run` is called after each training (progress)."""
+    {seed: the real-only classifier}). `on_run` is called after each training (progress).
+    `real_only`: {seed: a classifier already trained on `real` with this recipe} (the saved
+    judges), tested instead of training them again."""
+    if real_only is not None and set(real_only) != set(seeds):
+        raise ValueError(f"real_only has classifiers for seeds {sorted(real_only)}, the study runs seeds {seeds}")
     val_y = torch.as_tensor(val.labels)
     real_per_user = {u: int((real.labels == u).sum()) for u in range(num_classes)}
     results, real_models = {"generator_saw": generator_saw, "augmented": []}, {}
@@ -105,7 +110,10 @@ def run_protocols(
                 training = Images(
                     torch.cat([real.x, added.x]), np.concatenate([real.labels, added.labels]), real.paths + added.paths
                 )
-            model = train_classifier(training.x, torch.as_tensor(training.labels), num_classes, recipe, seed)
+            if name == "real_only" and real_only is not None:
+                model = real_only[seed]
+            else:
+                model = train_classifier(training.x, torch.as_tensor(training.labels), num_classes, recipe, seed)
             metrics = classification_metrics(val_y, predict(model, val.x)[0], num_classes)
             if name == "real_only":
                 real_models[seed] = model

@@ -10,10 +10,17 @@ enc_last_layer=encoder.conv_out.weight)` for the encoder/decoder optimiser and
 optimiser holds the encoder, decoder, quant convs and linear_proj only, so `logvar` stays at
 logvar_init.
 
-Differences from the official code, none of which changes a loss value or gradient:
-- before disc_start (and whenever the step's disc_factor is 0) the adaptive GAN weight is not
-  computed: it is multiplied by 0, and computing it costs two backward passes through the decoder.
-  The adversarial term is then exactly 0, and `d_weight` logs 0 instead of the unused value;
+Differences from the official code, none of which changes a loss value, a gradient or a weight:
+- before disc_start (whenever the step's disc_factor is 0) the discriminator is not run. The
+  official code runs it three times per step there (the generator term, the real and the fake
+  logits) and multiplies what it gives by 0: zero gradients, which Adam turns into no update
+  (m = v = 0), while it still counts the step. Here the autoencoder's adversarial term is left
+  out (it is exactly 0), and the discriminator's loss is an exact 0 built from its weights, so
+  they get the same zero gradients and Adam the same states, without the discriminator's
+  forward and backward passes (a quarter of the default VA-VAE's step time at 32 px). So the log has no
+  `g_loss`, `logits_real` and `logits_fake` before disc_start, `d_weight` logs 0, and
+  the discriminator's BatchNorm running statistics (read only by validation logits) start at
+  disc_start instead of averaging the unused passes;
 - the discriminator pass does not compute the reconstruction, LPIPS and KL terms it never uses;
 - `cond`/`disc_conditional`, per-pixel `weights`, `use_actnorm` and `pp_style` are not ported
   (the official VA-VAE configs leave them at their defaults).
@@ -200,18 +207,19 @@ class LPIPSWithDiscriminator(nn.Module):
         kl_loss = posteriors.kl()  # (B,)
         kl_loss = torch.sum(kl_loss) / kl_loss.shape[0]
 
-        logits_fake = self.discriminator(reconstructions)
-        g_loss = -torch.mean(logits_fake)
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
-        if disc_factor > 0:
-            d_weight = self._adaptive_weight_or_zero(nll_loss, g_loss, last_layer, D_WEIGHT_MAX, "last_layer")
-            d_weight = d_weight * self.discriminator_weight
-        else:
-            d_weight = nll_loss.new_zeros(())  # the adversarial term below is exactly 0
-
         if (z is None) != (aux_feature is None):
             raise ValueError("the VF loss needs both z and aux_feature; pass both, or neither to switch it off")
-        loss = nll_loss + self.kl_weight * kl_loss + d_weight * disc_factor * g_loss
+        loss = nll_loss + self.kl_weight * kl_loss
+        adversarial = {}
+        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+        if disc_factor > 0:
+            g_loss = -torch.mean(self.discriminator(reconstructions))
+            d_weight = self._adaptive_weight_or_zero(nll_loss, g_loss, last_layer, D_WEIGHT_MAX, "last_layer")
+            d_weight = d_weight * self.discriminator_weight
+            loss = loss + d_weight * disc_factor * g_loss
+            adversarial[f"{split}/g_loss"] = g_loss.detach().mean()
+        else:
+            d_weight = nll_loss.new_zeros(())  # the official term is d_weight · 0 · g_loss: exactly 0
         if z is not None:
             alignment_loss = vf_loss(
                 z, aux_feature, self.distmat_margin, self.cos_margin, self.distmat_weight, self.cos_weight
@@ -235,7 +243,7 @@ class LPIPSWithDiscriminator(nn.Module):
             f"{split}/rec_loss": rec_loss.detach().mean(),
             f"{split}/d_weight": d_weight.detach(),
             f"{split}/disc_factor": nll_loss.new_tensor(float(disc_factor)),
-            f"{split}/g_loss": g_loss.detach().mean(),
+            **adversarial,
         }
         if z is not None:
             log[f"{split}/vf_loss"] = alignment_loss.detach().mean()
@@ -254,9 +262,14 @@ class LPIPSWithDiscriminator(nn.Module):
             return nll_loss.new_zeros(())
 
     def _discriminator_loss(self, inputs, reconstructions, global_step, split):
+        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+        if disc_factor == 0:
+            # The official 0 · d_loss: every weight gets a zero gradient (so Adam counts the step
+            # and moves nothing), without running the discriminator.
+            d_loss = torch.stack([p.sum() for p in self.discriminator.parameters()]).sum() * 0.0
+            return d_loss, {f"{split}/disc_loss": d_loss.detach()}
         logits_real = self.discriminator(inputs.contiguous().detach())
         logits_fake = self.discriminator(reconstructions.contiguous().detach())
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
         d_loss = disc_factor * self.disc_loss(logits_real, logits_fake)
         log = {
             f"{split}/disc_loss": d_loss.clone().detach().mean(),

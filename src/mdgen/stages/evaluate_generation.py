@@ -1,10 +1,11 @@
 """Stage `evaluate_generation`: does the generated data help person identification?
 
     python -m mdgen.stages.evaluate_generation --manifest results/dataset/manifest.csv --samples results/samples \
-        --vae-eval results/vae/eval.json --out-dir results/eval --config config/config.yaml
+        --vae-eval results/vae/eval.json --judges results/eval/judges.pt --out-dir results/eval \
+        --config config/config.yaml
 
 Trains the person-identification classifier (a fixed recipe, several seeds) on
-- real train images only (the baseline),
+- real train images only (the baseline; with --judges, evaluate_vae's saved classifiers instead),
 - real + synthetic images at each synthetic:real ratio (per user),
 - synthetic images only (the Classification Accuracy Score of Ravuri & Vinyals, 2019),
 and tests every one on the REAL val split, which neither the VAE nor the generator saw. In the
@@ -36,7 +37,7 @@ from mdgen.data.dataset import class_label, per_user_subset
 from mdgen.data.latents import sha256_file
 from mdgen.data.validation import read_manifest, user_id
 from mdgen.evaluation.classifier import embed, load_images, Recipe
-from mdgen.evaluation.identity import format_identity_table, judge_name
+from mdgen.evaluation.identity import format_identity_table, judge_name, load_judges
 from mdgen.evaluation.metrics import frechet_distance, frechet_distance_per_group, memorisation, precision_recall
 from mdgen.evaluation.study import fidelity, Images, protocols, read_samples, run_protocols
 from mdgen.io import atomic_output
@@ -49,6 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--manifest", required=True)
     p.add_argument("--samples", type=Path, required=True, help="results/samples (user_NN/*.png)")
     p.add_argument("--vae-eval", type=Path, required=True, help="results/vae/eval.json (its identity table)")
+    p.add_argument(
+        "--judges",
+        type=Path,
+        default=None,
+        help="results/eval/judges.pt (evaluate_vae --out-judges): the real-only classifiers, reused instead of "
+        "trained again; without it they are trained here",
+    )
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and evaluation sections")
     p.add_argument(
@@ -200,16 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     def images(paths: list[str], labels) -> Images:
         return Images(load_images(paths, channels, recipe.size), np.asarray(labels), paths)
 
+    rows = {split: read_manifest(args.manifest, split) for split in ("train", "val")}
     real = {
-        split: images([r["path"] for r in rows], [class_label(r["user_id"]) for r in rows])
-        for split, rows in ((s, read_manifest(args.manifest, s)) for s in ("train", "val"))
+        split: images([r["path"] for r in rows[split]], [class_label(r["user_id"]) for r in rows[split]])
+        for split in rows
     }
     train, val = real["train"], real["val"]
+    saved_judges = None
+    if args.judges is not None:
+        saved_judges = load_judges(args.judges, recipe, settings["seeds"], rows["train"], num_classes, channels)
     samples = images(*read_samples(args.samples, num_classes))
     low_data = dict(parse_low_data(item) for item in args.low_data)
     say(
         f"Real: {len(train.paths)} train / {len(val.paths)} val images; synthetic: {len(samples.paths)} samples "
         f"of {num_classes} users; classifier {recipe}; seeds {settings['seeds']}"
+        + (f"; real-only classifiers from {args.judges}" if saved_judges else "")
     )
 
     runs = len(protocols(settings["ratios"])) * len(settings["seeds"]) * (1 + len(low_data))
@@ -222,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         on_run=bar.update,
         log=bar.write,
     )
-    main_study, judges = run_protocols(train, samples, val, generator_saw="real_train", **study)
+    main_study, judges = run_protocols(train, samples, val, generator_saw="real_train", real_only=saved_judges, **study)
     results = {
         "num_classes": num_classes,
         "seeds": settings["seeds"],

@@ -1,11 +1,15 @@
 """Stage `evaluate_vae`: how well do the initial and the fine-tuned VA-VAE reconstruct the val split?
 
     python -m mdgen.stages.evaluate_vae --manifest results/dataset/manifest.csv --vae results/vae/vavae.pt \
-        --config config/config.yaml --out-json results/vae/eval.json --out-png results/vae/reconstructions.png
+        --config config/config.yaml --out-json results/vae/eval.json --out-png results/vae/reconstructions.png \
+        --out-judges results/eval/judges.pt
 
 For both models: PSNR and SSIM (torchmetrics, images in [0, 1]), LPIPS when VGG16 weights are
 available, and per-channel statistics of the latents (posterior means). The figure shows input,
-initial and fine-tuned reconstruction side by side for several users.
+initial and fine-tuned reconstruction side by side for several users. Whether the person survives:
+the evaluation classifier trained on real train (the real judges, one per evaluation seed) on real
+val and on its reconstructions; the judges are saved (--out-judges) so that evaluate_generation
+measures the samples with the same classifiers instead of training them again.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from mdgen.config import load_config
 from mdgen.data.dataset import class_label, MicroDopplerDataset, to_uint8
 from mdgen.data.validation import read_manifest, SPLITS
 from mdgen.evaluation.classifier import load_images, Recipe
-from mdgen.evaluation.identity import judge_view, reconstruct, reconstruction_identity
+from mdgen.evaluation.identity import judge_view, reconstruct, reconstruction_identity, save_judges, train_judges
 from mdgen.io import atomic_output
 from mdgen.losses import build_lpips, PerceptualLoss
 from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
@@ -90,14 +94,20 @@ def evaluate(
     return metrics, arrays, firsts
 
 
-def identity(config: dict, manifest: str, vae: VAVAE, recon_val: list, batch_size: int) -> dict:
+def identity(
+    config: dict, manifest: str, vae: VAVAE, recon_val: list, batch_size: int, judges_path: Path | None
+) -> dict:
     """Does the person survive the autoencoder? The evaluation classifier (real judge) on real val
-    and on its reconstructions, and a judge trained on reconstructions (see mdgen.evaluation.identity)."""
+    and on its reconstructions, and a judge trained on reconstructions (see mdgen.evaluation.identity).
+    The real judges are saved to `judges_path` for evaluate_generation."""
     settings, data = config["evaluation"], config["data"]
     recipe = Recipe(**settings["classifier"])
     rows = {split: read_manifest(manifest, split) for split in SPLITS}
     labels = {split: torch.tensor([class_label(r["user_id"]) for r in rows[split]]) for split in SPLITS}
     real = {split: load_images([r["path"] for r in rows[split]], data["channels"], recipe.size) for split in SPLITS}
+    judges = train_judges(real["train"], labels["train"], data["num_classes"], recipe, settings["seeds"])
+    if judges_path is not None:
+        save_judges(judges_path, judges, recipe, rows["train"], data["num_classes"], data["channels"])
     train = MicroDopplerDataset(manifest, "train", data["size"], data["channels"], colormap=data["colormap"])
     batches = (batch["image"] for batch in DataLoader(train, batch_size=batch_size, shuffle=False))
     recon_train = reconstruct(
@@ -106,14 +116,13 @@ def identity(config: dict, manifest: str, vae: VAVAE, recon_val: list, batch_siz
         data["colormap"],
     )
     return reconstruction_identity(
-        real["train"],
+        judges,
         labels["train"],
         real["val"],
         labels["val"],
         judge_view(recon_val, recipe.size),
         data["num_classes"],
         recipe,
-        settings["seeds"],
         recon_train_x=judge_view(recon_train, recipe.size),
     )
 
@@ -125,6 +134,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and vae sections")
     p.add_argument("--out-json", type=Path, required=True)
     p.add_argument("--out-png", type=Path, required=True)
+    p.add_argument(
+        "--out-judges",
+        type=Path,
+        default=None,
+        help="results/eval/judges.pt: the real judges, for evaluate_generation --judges (not written without it)",
+    )
     return p.parse_args(argv)
 
 
@@ -151,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             + (f", LPIPS {m['lpips']:.4f}" if m["lpips"] is not None else "")
         )
 
-    table = identity(config, args.manifest, models["fine-tuned"], arrays["fine-tuned"], config["vae"]["batch_size"])
+    table = identity(
+        config, args.manifest, models["fine-tuned"], arrays["fine-tuned"], config["vae"]["batch_size"], args.out_judges
+    )
     say(f"Identity ({table['judge']}; chance {table['chance']:.3f}):")
     for key, label in (
         ("real_val", "real val"),
@@ -184,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         for u in shown
     ]
     image_grid(rows, shown, ["input", *models], args.out_png, title="VA-VAE reconstructions (val)")
-    say(f"Wrote {args.out_json} and {args.out_png}")
+    say(f"Wrote {args.out_json}, {args.out_png}" + (f" and the judges to {args.out_judges}" if args.out_judges else ""))
     return 0
 
 
