@@ -27,16 +27,31 @@ def trainer(**changes):
         current_epoch=2,
         fit_loop=SimpleNamespace(total_batch_idx=25),
         progress_bar_metrics={"train/loss": 0.12345, "v_num": 0},
+        is_global_zero=True,
     )
     return SimpleNamespace(**(state | changes))
 
 
 def test_log_lines_say_how_far_training_is_and_how_long_is_left():
     callback = LogLines()
-    callback._start, callback._first_fraction = 0.0, 0.0
+    callback._start, callback._pace_from = 0.0, (0.0, 0.0)
     line = callback.line(trainer(), now=120.0)
     # 25 of 100 steps in 2 minutes: 6 minutes left.
     assert line == "step 25 (epoch 2): 25% done, 2.0 min, about 6.0 min left; train/loss=0.1235"
+
+
+def test_the_time_left_is_paced_after_the_first_batch(monkeypatch, capsys):
+    """A compiled run spends half a minute on its first step: that must not promise hours."""
+    clock = iter([0.0, 30.0, 90.0])
+    monkeypatch.setattr("mdgen.training.progress.time.perf_counter", lambda: next(clock))
+    callback = LogLines(interval_s=30)
+    callback.on_train_start(trainer(global_step=0), None)
+    callback.on_train_batch_end(trainer(global_step=1), None, None, None, 0)  # at 30 s: compiled
+    callback.on_train_batch_end(trainer(global_step=25), None, None, None, 24)  # at 90 s
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == "step 1 (epoch 2): 1% done, 0.5 min; train/loss=0.1235"  # no pace yet
+    # 24 steps in the minute after the first: 75 more take 3.1 minutes
+    assert second == "step 25 (epoch 2): 25% done, 1.5 min, about 3.1 min left; train/loss=0.1235"
 
 
 def test_the_first_limit_to_be_reached_decides_the_fraction():

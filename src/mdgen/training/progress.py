@@ -13,18 +13,25 @@ from mdgen.progress import interactive, LOG_INTERVAL_S
 
 class LogLines(pl.Callback):
     """Lightning's progress for a log file: one line every `interval_s` seconds of training with
-    the step, the epoch, the logged metrics of the progress bar and the time left."""
+    the step, the epoch, the logged metrics of the progress bar and the time left.
+
+    The time left is paced by the batches after the first: the first one carries the warm-up
+    (torch.compile's compilation, first allocations), which would otherwise promise hours at step 1
+    of a compiled run. After a resume the pace counts only the batches of this run."""
 
     def __init__(self, interval_s: float = LOG_INTERVAL_S):
         self.interval_s = interval_s
         self._start = self._last = 0.0
+        self._pace_from: tuple[float, float] | None = None  # (time, fraction done) after the first batch
 
     def on_train_start(self, trainer, pl_module):
         self._start = self._last = time.perf_counter()
-        self._first_fraction = self.fraction_done(trainer)
+        self._pace_from = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.perf_counter()
+        if self._pace_from is None:
+            self._pace_from = (now, self.fraction_done(trainer))
         if now - self._last < self.interval_s or not trainer.is_global_zero:
             return
         self._last = now
@@ -47,8 +54,11 @@ class LogLines(pl.Callback):
 
     def line(self, trainer, now: float) -> str:
         elapsed, fraction = now - self._start, self.fraction_done(trainer)
-        gained = fraction - self._first_fraction
-        eta = f", about {elapsed * (1 - fraction) / gained / 60:.1f} min left" if gained > 0 else ""
+        eta = ""
+        if self._pace_from is not None and fraction > self._pace_from[1]:
+            since, fraction_then = self._pace_from
+            left = (now - since) * (1 - fraction) / (fraction - fraction_then)
+            eta = f", about {left / 60:.1f} min left"
         metrics = {k: v for k, v in trainer.progress_bar_metrics.items() if k != "v_num"}
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         return (
