@@ -105,6 +105,9 @@ def test_saved_judges_predict_as_the_trained_ones_and_refuse_other_settings(tiny
     rows = read_manifest(tiny_manifest, "train")
     judges = train_judges(real["train"], labels["train"], 3, RECIPE, SEEDS)
     save_judges(tmp_path / "judges.pt", judges, RECIPE, rows, 3, 3)
+    save_judges(tmp_path / "again.pt", judges, RECIPE, rows, 3, 3)
+    # the same bytes whatever the file is called: a rerun of evaluate_vae rewrites the same file
+    assert (tmp_path / "judges.pt").read_bytes() == (tmp_path / "again.pt").read_bytes()
     loaded = load_judges(tmp_path / "judges.pt", RECIPE, SEEDS, rows, 3, 3)
     assert list(loaded) == SEEDS
     for seed in SEEDS:

@@ -132,8 +132,10 @@ def save_judges(
     payload = judges_record(recipe, list(judges), train_rows, num_classes, channels)
     payload["state_dicts"] = {seed: model.state_dict() for seed, model in judges.items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(Path(path)) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object: torch.save names the archive inside after a path it is given, which
+    # here is a random temporary name, and a rerun would then not write the same bytes.
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as file:
+        torch.save(payload, file)
 
 
 def load_judges(
