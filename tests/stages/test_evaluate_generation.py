@@ -14,6 +14,7 @@ from mdgen.data.dataset import class_label
 from mdgen.data.validation import read_manifest
 from mdgen.evaluation.classifier import load_images, Recipe
 from mdgen.evaluation.identity import save_judges, train_judges
+from mdgen.evaluation.study import Images, run_protocols
 from mdgen.stages.evaluate_generation import main as evaluate
 
 SETTINGS = {
@@ -128,6 +129,12 @@ def test_saved_judges_give_the_results_of_judges_trained_here(copied, tiny_manif
     save_judges(tmp_path / "one.pt", {seed: judges[seed] for seed in other}, recipe, rows, 3, 3)
     with pytest.raises(SystemExit, match=r"holds other judges .*seeds: \[0\] \(expected \[0, 1\]\)"):
         run(tiny_manifest, samples, tmp_path / "eval2", "--judges", str(tmp_path / "one.pt"))
+
+
+def test_given_real_only_classifiers_must_cover_the_seeds():
+    images = Images(torch.zeros(2, 3, 8, 8), np.array([0, 1]), ["a.png", "b.png"])
+    with pytest.raises(ValueError, match=r"seeds \[5\], the study runs seeds \[0, 1\]"):
+        run_protocols(images, images, images, 2, Recipe(), [0, 1], [], "real_train", real_only={5: None})
 
 
 @pytest.mark.parametrize("seeds", [[0, 1, 2], [0, 2]])

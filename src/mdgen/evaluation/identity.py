@@ -131,7 +131,6 @@ def save_judges(
     """The real judges' weights with what defines them (`judges_record`), written atomically."""
     payload = judges_record(recipe, list(judges), train_rows, num_classes, channels)
     payload["state_dicts"] = {seed: model.state_dict() for seed, model in judges.items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     # Through a file object: torch.save names the archive inside after a path it is given, which
     # here is a random temporary name, and a rerun would then not write the same bytes.
     with atomic_output(Path(path)) as tmp, open(tmp, "wb") as file:
