@@ -3,6 +3,7 @@ layout, resumes after a kill, starts over on a changed config or a cut checkpoin
 non-finite gradients."""
 
 import csv
+import dataclasses
 import json
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from conftest import finetune, kill_at_checkpoint, tiny_config
 
+from mdgen.losses import LPIPSWithDiscriminator
 from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
 from mdgen.stages import finetune_vae
 from mdgen.training import vavae as vavae_training
@@ -176,14 +178,14 @@ def test_finetune_with_lpips_and_vf_alignment_runs(tiny_manifest, tmp_path, monk
 @pytest.mark.fault
 def test_non_finite_gradients_stop_the_vae_before_the_step(tiny_manifest, tmp_path, monkeypatch):
     calls = {"count": 0}
-    real_loss = vavae_training.VAVAETraining._autoencoder_loss
+    real_terms = LPIPSWithDiscriminator.autoencoder_terms
 
-    def loss_that_turns_nan(self, *args):
-        loss, log = real_loss(self, *args)
+    def terms_that_turn_nan(self, *args, **kwargs):
+        terms = real_terms(self, *args, **kwargs)
         calls["count"] += torch.is_grad_enabled()  # training steps only, not validation
-        return (loss * float("nan"), log) if calls["count"] == 5 else (loss, log)
+        return dataclasses.replace(terms, nll=terms.nll * float("nan")) if calls["count"] == 5 else terms
 
-    monkeypatch.setattr(vavae_training.VAVAETraining, "_autoencoder_loss", loss_that_turns_nan)
+    monkeypatch.setattr(LPIPSWithDiscriminator, "autoencoder_terms", terms_that_turn_nan)
     with pytest.raises(SystemExit, match="VAVAETraining: non-finite gradients at step 8 "):
         finetune(tiny_manifest, tmp_path, tiny_config())  # two optimizer steps per batch: the 5th batch starts at 8
     assert not (tmp_path / "vavae.pt").exists()

@@ -28,6 +28,7 @@ Differences from the official code, none of which changes a loss value, a gradie
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -96,8 +97,31 @@ def adaptive_weight(loss_a: torch.Tensor, loss_b: torch.Tensor, layer: torch.Ten
     """
     grad_a = torch.autograd.grad(loss_a, layer, retain_graph=True)[0]
     grad_b = torch.autograd.grad(loss_b, layer, retain_graph=True)[0]
+    return gradient_ratio(grad_a, grad_b, clamp_max)
+
+
+def gradient_ratio(grad_a: torch.Tensor, grad_b: torch.Tensor, clamp_max: float) -> torch.Tensor:
+    """The adaptive weight from the two gradients at the layer: ‖grad_a‖ / (‖grad_b‖ + 1e-4), clamped, detached."""
     weight = torch.norm(grad_a) / (torch.norm(grad_b) + 1e-4)
     return torch.clamp(weight, 0.0, clamp_max).detach()
+
+
+@dataclass
+class AutoencoderTerms:
+    """The autoencoder's loss terms before their weights, all scalars but rec_loss.
+
+    rec_loss: L1 + perceptual_weight · LPIPS per pixel (B, C, H, W); nll: the Gaussian negative
+    log-likelihood of rec_loss, summed over pixels and averaged over the batch; kl: the posterior's KL
+    divergence, averaged over the batch; g_loss: the generator's adversarial loss, None while
+    disc_factor is 0 (before disc_start); vf: the VF alignment loss, None without it.
+    """
+
+    rec_loss: torch.Tensor
+    nll: torch.Tensor
+    kl: torch.Tensor
+    g_loss: torch.Tensor | None
+    vf: torch.Tensor | None
+    disc_factor: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +221,31 @@ class LPIPSWithDiscriminator(nn.Module):
     def _autoencoder_loss(
         self, inputs, reconstructions, posteriors, global_step, last_layer, split, z, aux_feature, enc_last_layer
     ):
+        terms = self.autoencoder_terms(inputs, reconstructions, posteriors, global_step, z, aux_feature)
+        if terms.g_loss is None:
+            d_weight = terms.nll.new_zeros(())  # the official term is d_weight · 0 · g_loss: exactly 0
+        else:
+            d_weight = self._adaptive_weight_or_zero(terms.nll, terms.g_loss, last_layer, D_WEIGHT_MAX, "last_layer")
+        vf_weight = None
+        if terms.vf is not None:
+            if self.adaptive_vf:
+                vf_weight = self._adaptive_weight_or_zero(
+                    terms.nll, terms.vf, enc_last_layer, VF_WEIGHT_MAX, "enc_last_layer"
+                )
+            else:
+                vf_weight = terms.nll.new_tensor(1.0)
+        return self.autoencoder_total(terms, d_weight, vf_weight, split)
+
+    def autoencoder_terms(
+        self,
+        inputs: torch.Tensor,
+        reconstructions: torch.Tensor,
+        posteriors,
+        global_step: int,
+        z: torch.Tensor | None = None,
+        aux_feature: torch.Tensor | None = None,
+    ) -> AutoencoderTerms:
+        """The autoencoder's loss terms before their weights (see AutoencoderTerms)."""
         inputs, reconstructions = inputs.contiguous(), reconstructions.contiguous()
         rec_loss = torch.abs(inputs - reconstructions)  # (B, C, H, W)
         if self.perceptual_weight > 0:
@@ -209,46 +258,56 @@ class LPIPSWithDiscriminator(nn.Module):
 
         if (z is None) != (aux_feature is None):
             raise ValueError("the VF loss needs both z and aux_feature; pass both, or neither to switch it off")
-        loss = nll_loss + self.kl_weight * kl_loss
-        adversarial = {}
         disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
-        if disc_factor > 0:
-            g_loss = -torch.mean(self.discriminator(reconstructions))
-            d_weight = self._adaptive_weight_or_zero(nll_loss, g_loss, last_layer, D_WEIGHT_MAX, "last_layer")
-            d_weight = d_weight * self.discriminator_weight
-            loss = loss + d_weight * disc_factor * g_loss
-            adversarial[f"{split}/g_loss"] = g_loss.detach().mean()
-        else:
-            d_weight = nll_loss.new_zeros(())  # the official term is d_weight · 0 · g_loss: exactly 0
+        g_loss = -torch.mean(self.discriminator(reconstructions)) if disc_factor > 0 else None
+        alignment_loss = None
         if z is not None:
             alignment_loss = vf_loss(
                 z, aux_feature, self.distmat_margin, self.cos_margin, self.distmat_weight, self.cos_weight
             )
-            if self.adaptive_vf:
-                vf_weight = (
-                    self._adaptive_weight_or_zero(
-                        nll_loss, alignment_loss, enc_last_layer, VF_WEIGHT_MAX, "enc_last_layer"
-                    )
-                    * self.vf_weight
-                )
-            else:
-                vf_weight = nll_loss.new_tensor(float(self.vf_weight))
-            loss = loss + vf_weight * alignment_loss
+        return AutoencoderTerms(rec_loss, nll_loss, kl_loss, g_loss, alignment_loss, disc_factor)
 
+    def autoencoder_total(
+        self,
+        terms: AutoencoderTerms,
+        d_weight: torch.Tensor,
+        vf_weight: torch.Tensor | None,
+        split: str = "train",
+        include_nll: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """nll + kl_weight · kl + d_weight · disc_weight · disc_factor · g_loss + vf_weight · self.vf_weight · vf,
+        and the official log.
+
+        d_weight and vf_weight are the adaptive weights before their configured factors (vf_weight
+        1 without adaptive_vf; None without the VF loss). include_nll False leaves the nll term out of
+        the returned loss (for a caller that has back-propagated it already); the log always holds
+        the whole total.
+        """
+        d_weight = d_weight * self.discriminator_weight
+        weighted = [self.kl_weight * terms.kl]
+        if terms.g_loss is not None:
+            weighted.append(d_weight * terms.disc_factor * terms.g_loss)
+        if terms.vf is not None:
+            vf_weight = vf_weight * self.vf_weight
+            weighted.append(vf_weight * terms.vf)
+        loss = terms.nll
+        for term in weighted:  # the official order of the sum
+            loss = loss + term
         log = {
             f"{split}/total_loss": loss.clone().detach().mean(),
             f"{split}/logvar": self.logvar.detach(),
-            f"{split}/kl_loss": kl_loss.detach().mean(),
-            f"{split}/nll_loss": nll_loss.detach().mean(),
-            f"{split}/rec_loss": rec_loss.detach().mean(),
+            f"{split}/kl_loss": terms.kl.detach().mean(),
+            f"{split}/nll_loss": terms.nll.detach().mean(),
+            f"{split}/rec_loss": terms.rec_loss.detach().mean(),
             f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": nll_loss.new_tensor(float(disc_factor)),
-            **adversarial,
+            f"{split}/disc_factor": terms.nll.new_tensor(float(terms.disc_factor)),
         }
-        if z is not None:
-            log[f"{split}/vf_loss"] = alignment_loss.detach().mean()
+        if terms.g_loss is not None:
+            log[f"{split}/g_loss"] = terms.g_loss.detach().mean()
+        if terms.vf is not None:
+            log[f"{split}/vf_loss"] = terms.vf.detach().mean()
             log[f"{split}/vf_weight"] = vf_weight.detach()
-        return loss, log
+        return (loss if include_nll else sum(weighted[1:], weighted[0])), log
 
     def _adaptive_weight_or_zero(self, nll_loss, other_loss, layer, clamp_max, layer_name):
         if layer is None:

@@ -424,6 +424,10 @@ class VAVAE(nn.Module):
 
     def encode(self, x: Tensor) -> DiagonalGaussianDistribution:
         """x (B, in_channels, H, W) in [-1, 1] -> posterior over latents (B, embed_dim, H/f, W/f)."""
+        return self.posterior(self.encoder_output(x))
+
+    def encoder_output(self, x: Tensor) -> Tensor:
+        """x (B, in_channels, H, W) in [-1, 1] -> the encoder's output h (B, 2*z_channels, H/f, W/f)."""
         f = self.downsample_factor
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2] % f or x.shape[3] % f:
             raise ValueError(
@@ -431,9 +435,11 @@ class VAVAE(nn.Module):
                 f"got shape {tuple(x.shape)}. Check data.channels against the model's in_channels, and crop "
                 f"or resize images to a multiple of {f}."
             )
-        h = self.encoder(x)  # (B, 2*z_channels, H/f, W/f)
-        moments = self.quant_conv(h)  # (B, 2*embed_dim, H/f, W/f)
-        return DiagonalGaussianDistribution(moments)
+        return self.encoder(x)
+
+    def posterior(self, h: Tensor) -> DiagonalGaussianDistribution:
+        """The encoder's output h (B, 2*z_channels, h, w) -> the posterior from quant_conv's moments."""
+        return DiagonalGaussianDistribution(self.quant_conv(h))  # moments (B, 2*embed_dim, h, w)
 
     def decode(self, z: Tensor) -> Tensor:
         """z (B, embed_dim, h, w) -> images (B, out_ch, h*f, w*f)."""
