@@ -126,3 +126,11 @@ def test_judge_resolution_trains_the_recipe_at_each_size_and_judged_size(tiny_ma
     assert all(len(runs) == 2 and all(0 <= a <= 1 for a in runs) for runs in results.values())
     out = capsys.readouterr().out
     assert "images 8 px, judged at 32 px: real val accuracy" in out
+
+
+def test_vae_step_times_the_official_and_the_cut_step(tmp_path, capsys):
+    out = tmp_path / "vae_step.json"
+    assert script("vae_step").main(["--tiny", "--out", str(out)]) == 0
+    medians = json.loads(out.read_text())["ms_per_step"]
+    assert set(medians) == {"official step", "cut at the encoder"} and all(v > 0 for v in medians.values())
+    assert "ms per step" in capsys.readouterr().out

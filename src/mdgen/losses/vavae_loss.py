@@ -22,6 +22,11 @@ Differences from the official code, none of which changes a loss value, a gradie
   the discriminator's BatchNorm running statistics (read only by validation logits) start at
   disc_start instead of averaging the unused passes;
 - the discriminator pass does not compute the reconstruction, LPIPS and KL terms it never uses;
+- `autoencoder_terms` and `autoencoder_total` split the autoencoder's loss into its terms and
+  their weighted sum, so that the training step can back-propagate the reconstruction loss once
+  and read the adaptive weights from the gradients it leaves
+  (`mdgen.training.vavae.VAVAETraining._autoencoder_backward_once`); `forward` is the official
+  loss, adaptive weights by torch.autograd.grad;
 - `cond`/`disc_conditional`, per-pixel `weights`, `use_actnorm` and `pp_style` are not ported
   (the official VA-VAE configs leave them at their defaults).
 """

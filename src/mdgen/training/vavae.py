@@ -1,5 +1,6 @@
 """The VA-VAE's training task: its data module, its loss built from the config, and the
-official training step (autoencoder update, then discriminator update, manual optimization)."""
+official training step (autoencoder update, then discriminator update, manual optimization),
+with the official gradients back-propagated through the decoder once instead of twice."""
 
 from __future__ import annotations
 
@@ -200,7 +201,7 @@ class VAVAETraining(pl.LightningModule):
         back-propagated first, down to h; its gradients at the decoder's last weight, and at h carried
         through the encoder's last layer, give the weights; the weighted rest of the loss follows down to
         h; then h's whole gradient runs through the encoder once. The same gradients up to float
-        rounding, a seventh less time per step at the default settings.
+        rounding, about a tenth less time per step at the default settings (benchmarks/vae_step.py).
         """
         h = self.vae.encoder_output(images)
         h_cut = h.detach().requires_grad_()
