@@ -158,9 +158,7 @@ class VAVAETraining(pl.LightningModule):
         if self._one_pass_through_the_decoder():
             reconstructions, posterior, ae_log = self._autoencoder_backward_once(images)
         else:
-            reconstructions, posterior, z = self.vae(images)
-            ae_loss, ae_log = self._autoencoder_loss(images, reconstructions, posterior, z, "train")
-            self.manual_backward(ae_loss)
+            reconstructions, posterior, ae_log = self._autoencoder_backward_official(images)
         ae_optimizer.step()
 
         disc_loss, disc_log = self.loss(images, reconstructions, posterior, 1, self.global_step, split="train")
@@ -190,6 +188,14 @@ class VAVAETraining(pl.LightningModule):
         part of the gradients (and the official weights are each rank's own), and fp16's scaled
         gradients would need unscaling: those keep the official step."""
         return self.trainer.world_size == 1 and getattr(self.trainer.precision_plugin, "scaler", None) is None
+
+    def _autoencoder_backward_official(self, images):
+        """The official autoencoder forward, loss (adaptive weights by torch.autograd.grad) and backward;
+        returns (reconstructions, posterior, log)."""
+        reconstructions, posterior, z = self.vae(images)
+        ae_loss, ae_log = self._autoencoder_loss(images, reconstructions, posterior, z, "train")
+        self.manual_backward(ae_loss)
+        return reconstructions, posterior, ae_log
 
     def _autoencoder_backward_once(self, images):
         """The autoencoder's forward, loss and backward with the official gradients, the decoder and the
