@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from mdgen.training import collect_metrics, prepare_work_dir
@@ -83,6 +84,67 @@ def tiny_dit_module(**dit):
     config["dit"].update(dit)
     config = load_config(json.dumps(config))
     return DiTTraining(config, dit_kwargs(config, (4, 2, 2)), repa_feature_dim=8 if "repa" in dit else None)
+
+
+class RecordLearningRate(pl.Callback):
+    """The learning rate each optimizer step runs with."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def fit_tiny_dit(module, max_steps, callbacks, ckpt_path=None, stop_at=None):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Stop(pl.Callback):  # an interruption after `stop_at` optimizer steps
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.global_step >= stop_at
+
+    data = DataLoader(TensorDataset(torch.randn(8, 4, 2, 2), torch.arange(8) % 3), batch_size=4)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*callbacks, *([Stop()] if stop_at else [])],
+    )
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_the_dit_learning_rate_decays_linearly_over_its_last_steps_and_a_resumed_run_goes_on_decaying(tmp_path):
+    record = RecordLearningRate()
+    fit_tiny_dit(tiny_dit_module(optimizer={"lr": 1e-3, "decay_steps": 4}), 10, [record])
+    assert record.rates == pytest.approx([1e-3] * 7 + [7.5e-4, 5e-4, 2.5e-4])
+
+    interrupted = fit_tiny_dit(tiny_dit_module(optimizer={"lr": 1e-3, "decay_steps": 4}), 10, [], stop_at=8)
+    assert interrupted.global_step == 8
+    interrupted.save_checkpoint(tmp_path / "last.ckpt")
+    resumed = RecordLearningRate()
+    module = tiny_dit_module(optimizer={"lr": 1e-3, "decay_steps": 4})
+    fit_tiny_dit(module, 10, [resumed], ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.rates == pytest.approx([5e-4, 2.5e-4])
+
+    constant = RecordLearningRate()
+    fit_tiny_dit(tiny_dit_module(optimizer={"lr": 1e-3}), 6, [constant])  # decay_steps 0: the official constant
+    assert constant.rates == pytest.approx([1e-3] * 6)
+
+
+def test_train_dit_refuses_a_decay_longer_than_its_training_before_reading_anything(tmp_path):
+    from conftest import tiny_config
+
+    from mdgen.stages import train_dit
+
+    config = tiny_config(dit={"optimizer": {"decay_steps": 31}})  # max_steps 30
+    args = ["--latents", str(tmp_path / "none"), "--vae", str(tmp_path / "none.pt"), "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"decay_steps \(31\) must lie within dit.trainer.max_steps \(30\)"):
+        train_dit.main([*args, "--config", json.dumps(config)])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dit_checkpoints_hold_the_model_once_and_older_ones_with_a_second_copy_still_load():

@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         "dit": config["dit"],
     }
     dit_config = config["dit"]
+    decay_steps, max_steps = dit_config["optimizer"]["decay_steps"], dit_config["trainer"]["max_steps"]
+    if decay_steps > max(max_steps, 0):
+        raise SystemExit(
+            f"dit.optimizer.decay_steps ({decay_steps}) must lie within dit.trainer.max_steps ({max_steps}); "
+            "0 keeps the learning rate constant"
+        )
     pl.seed_everything(dit_config["seed"], workers=True)
 
     data = LatentDataModule(

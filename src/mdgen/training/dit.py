@@ -4,6 +4,7 @@ optionally, REPA's representation alignment."""
 from __future__ import annotations
 
 import copy
+import functools
 import time
 
 import pytorch_lightning as pl
@@ -137,13 +138,24 @@ class DiTTraining(pl.LightningModule):
     def configure_optimizers(self):
         settings = self.dit_config["optimizer"]
         parameters = [*self.model.parameters(), *(self.projector.parameters() if self.projector else [])]
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             parameters,
             lr=settings["lr"],
             betas=(0.9, settings["beta2"]),
             weight_decay=settings["weight_decay"],
             fused=fused_adam(self.trainer),
         )
+        if not settings["decay_steps"]:
+            return optimizer
+        factor = functools.partial(lr_decay_factor, total=self.trainer.max_steps, decay=settings["decay_steps"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def lr_decay_factor(step: int, *, total: int, decay: int) -> float:
+    """The learning rate's factor at optimizer step `step` (0-based) of `total`: 1, then down
+    linearly over the last `decay` steps (1/decay at the last step, 0 after the end)."""
+    return min(1.0, max(0.0, (total - step) / decay))
 
 
 @torch.no_grad()
