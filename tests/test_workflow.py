@@ -147,6 +147,10 @@ def test_default_config_plans_the_whole_dag():
         ({"evaluation": {"low_data_k": [5]}}, "evaluation.low_data_k [5] asks for more train images per user"),
         ({"sample": {"per_user": 1}}, "sample.per_user 1 does not cover the largest evaluation.ratios 0.5"),
         (
+            {"dit": {"optimizer": {"decay_steps": 100000}}},
+            "dit.optimizer.decay_steps 100000 must lie within dit.trainer.max_steps",
+        ),
+        (
             {"data": {"colormap": "jet", "channels": 1}},
             "data.colormap 'jet' describes RGB files: it needs data.channels 3",
         ),

@@ -79,6 +79,13 @@ def config_conflicts():
                 f"data.colormap {data['colormap']!r} makes the VA-VAE model 1-channel magnitudes, but "
                 "vae.weight_init is a released VA-VAE, which takes RGB: set data.colormap: null to fine-tune it"
             )
+    decay_steps = config["dit"]["optimizer"]["decay_steps"]
+    max_steps = config["dit"]["trainer"]["max_steps"]
+    if decay_steps > max(max_steps, 0):
+        problems.append(
+            f"dit.optimizer.decay_steps {decay_steps} must lie within dit.trainer.max_steps "
+            f"{max_steps} (0 keeps the learning rate constant)"
+        )
     if data["source"] == "synthetic":
         per_user = config["simulator"]["train_per_user"]
         too_many = [k for k in config["evaluation"]["low_data_k"] if k > per_user]
