@@ -134,3 +134,38 @@ def test_vae_step_times_the_official_and_the_cut_step(tmp_path, capsys):
     medians = json.loads(out.read_text())["ms_per_step"]
     assert set(medians) == {"official step", "cut at the encoder"} and all(v > 0 for v in medians.values())
     assert "ms per step" in capsys.readouterr().out
+
+
+def generation_json(path, fidelity: float, recall: float, fd: float) -> str:
+    """The part of an evaluate_generation report that sampler_frontier reads."""
+    accuracy = {"mean": 0.9, "std": 0.01}
+    report = {
+        "fidelity": {"accuracy": {"mean": fidelity, "std": 0.02}},
+        "synthetic_only": {"val_accuracy": {"mean": 0.6, "std": 0.03}},
+        "real_only": {"val_accuracy": accuracy},
+        "augmented": [{"ratio": 0.5, "val_accuracy": accuracy}, {"ratio": 1.0, "val_accuracy": accuracy}],
+        "frechet_distance": {"overall": fd, "real_train_vs_val": 1.4},
+        "precision_recall": {"precision": 0.8, "recall": recall},
+    }
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_sampler_frontier_plots_and_tabulates_each_evaluation(tmp_path, capsys):
+    guided = generation_json(tmp_path / "a.json", fidelity=0.9, recall=0.06, fd=7.7)
+    unguided = generation_json(tmp_path / "b.json", fidelity=0.55, recall=0.26, fd=12.1)
+    ceiling = generation_json(tmp_path / "c.json", fidelity=0.91, recall=0.29, fd=6.8)
+    out = tmp_path / "frontier.png"
+    argv = [f"cfg 4=a={guided}", f"no guidance={unguided}", "--ceiling", ceiling, "--out", str(out)]
+    assert script("sampler_frontier").main(argv) == 0
+    assert out.stat().st_size > 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("|  | fidelity | CAS | real + synthetic ×0.5 / real + synthetic ×1")
+    assert (
+        rows[1] == "| cfg 4=a | 0.900 ± 0.020 | 0.600 ± 0.030 | 0.900 / 0.900 | 7.7 | 0.80 / 0.060 |"
+    )  # label up to the last =
+    assert rows[2].startswith("| no guidance | 0.550 ± 0.020") and rows[3].startswith("| decoder's ceiling | 0.910")
+    with pytest.raises(SystemExit, match="does not exist"):
+        script("sampler_frontier").main([f"x={tmp_path / 'missing.json'}", "--out", str(out)])
+    with pytest.raises(SystemExit, match="LABEL=PATH"):
+        script("sampler_frontier").main([guided, "--out", str(out)])
