@@ -72,8 +72,8 @@ def plot(rows: dict[str, dict], ceiling: dict | None, out: Path) -> None:
         (right, "fd", "Fréchet distance, val vs samples"),
     ):
         for i, (label, row) in enumerate(rows.items()):
-            marker = "osD^v<>ph8"[i // 10 % 10]  # colour and marker tell up to 100 entries apart
-            ax.scatter(row["recall"], row[key], color=f"C{i % 10}", marker=marker, s=45, zorder=3, label=label)
+            marker = "osD^v"[i // 20 % 5]  # colour and marker tell up to 100 entries apart
+            ax.scatter(row["recall"], row[key], color=plt.cm.tab20(i % 20), marker=marker, s=45, zorder=3, label=label)
         if ceiling is not None:
             ax.scatter(
                 ceiling["recall"], ceiling[key], marker="*", s=200, color="black", zorder=3, label="decoder's ceiling"
