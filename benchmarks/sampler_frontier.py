@@ -33,7 +33,6 @@ def summary(results: dict) -> dict:
         "fidelity_std": results["fidelity"]["accuracy"]["std"],
         "cas": results["synthetic_only"]["val_accuracy"]["mean"],
         "cas_std": results["synthetic_only"]["val_accuracy"]["std"],
-        "real_only": results["real_only"]["val_accuracy"]["mean"],
         "augmented": augmented,
         "fd": results["frechet_distance"]["overall"],
         "fd_reference": results["frechet_distance"]["real_train_vs_val"],
@@ -103,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ceiling", type=Path, default=None, help="the decoder ceiling's generation.json")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args(argv)
-    rows = {label: summary(json.loads(path.read_text())) for label, path in map(parse_item, args.runs)}
+    items = [parse_item(item) for item in args.runs]
+    labels = [label for label, _ in items]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"each LABEL must be given once (one point, one table row), got {labels}")
+    rows = {label: summary(json.loads(path.read_text())) for label, path in items}
     ceiling = summary(json.loads(args.ceiling.read_text())) if args.ceiling else None
     plot(rows, ceiling, args.out)
     print(table(rows | ({"decoder's ceiling": ceiling} if ceiling else {})))

@@ -161,11 +161,12 @@ def test_sampler_frontier_plots_and_tabulates_each_evaluation(tmp_path, capsys):
     assert out.stat().st_size > 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("|  | fidelity | CAS | real + synthetic ×0.5 / real + synthetic ×1")
-    assert (
-        rows[1] == "| cfg 4=a | 0.900 ± 0.020 | 0.600 ± 0.030 | 0.900 / 0.900 | 7.7 | 0.80 / 0.060 |"
-    )  # label up to the last =
+    # the label runs up to the last "="
+    assert rows[1] == "| cfg 4=a | 0.900 ± 0.020 | 0.600 ± 0.030 | 0.900 / 0.900 | 7.7 | 0.80 / 0.060 |"
     assert rows[2].startswith("| no guidance | 0.550 ± 0.020") and rows[3].startswith("| decoder's ceiling | 0.910")
     with pytest.raises(SystemExit, match="does not exist"):
         script("sampler_frontier").main([f"x={tmp_path / 'missing.json'}", "--out", str(out)])
     with pytest.raises(SystemExit, match="LABEL=PATH"):
         script("sampler_frontier").main([guided, "--out", str(out)])
+    with pytest.raises(SystemExit, match="each LABEL must be given once"):
+        script("sampler_frontier").main([f"x={guided}", f"x={unguided}", "--out", str(out)])
