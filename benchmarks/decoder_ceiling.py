@@ -1,7 +1,8 @@
 """The decoder's ceiling for the sample metrics: what a perfect generator would score through this VA-VAE.
 
     python benchmarks/decoder_ceiling.py --manifest results/dataset/manifest.csv --vae results/vae/vavae.pt \
-        --vae-eval results/vae/eval.json --config config/config.yaml [more config files] --out-dir results/ceiling
+        --vae-eval results/vae/eval.json --config config/config.yaml [more config files] --out-dir results/ceiling \
+        [--reconstructions results/vae/reconstructions.pt]
 
 A generator that had learned the train split's distribution perfectly would draw latents like the
 VA-VAE's latents of train images, and the decoder would turn them into the reconstructions of
@@ -12,7 +13,9 @@ distance and precision/recall against real val are what the samples can reach at
 decoder. Each is a copy of a train image through the decoder, yet the memorisation check flags
 almost none of them (0.001 on the study preset, session 17): the decoder moves an image further
 from its original, in the judge's features, than 99 % of real val images sit from their nearest
-train image, so that check cannot see a DiT that copies train latents.
+train image, so that check cannot see a DiT that copies train latents. The second check, against
+the train images' reconstructions (`--reconstructions`, evaluate_vae's), is the one that can: it
+must flag (nearly) every one of these.
 Several `--config` files are merged in order, as Snakemake merges `--configfile`s.
 """
 
@@ -69,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-eval", type=Path, required=True, help="results/vae/eval.json (the same judges)")
     p.add_argument("--config", type=Path, nargs="+", required=True)
     p.add_argument("--out-dir", type=Path, default=Path("results/ceiling"))
+    p.add_argument(
+        "--reconstructions",
+        type=Path,
+        default=None,
+        help="results/vae/reconstructions.pt: also run the check for copied latents (it should flag nearly all)",
+    )
     args = p.parse_args(argv)
     config = load_config(json.dumps(merged(args.config)), "data", "evaluation")
     if (args.out_dir / "samples").exists():  # never mix with (or delete) samples written before
@@ -88,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             "--config",
             json.dumps(config),
         ]
+        + (["--reconstructions", str(args.reconstructions)] if args.reconstructions else [])
     )
 
 

@@ -96,6 +96,11 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
     from conftest import tiny_config, write_vae_eval
     from PIL import Image
 
+    from mdgen.data.dataset import MicroDopplerDataset
+    from mdgen.data.validation import read_manifest
+    from mdgen.evaluation.identity import reconstruct, save_reconstructions
+    from mdgen.models.vavae import load_vavae
+
     _, vae = tiny_latents
     config = tiny_config()
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
@@ -105,7 +110,17 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
     out = tmp_path / "ceiling"
     argv = ["--manifest", str(tiny_manifest), "--vae", str(vae), "--vae-eval", str(tmp_path / "eval.json")]
     argv += ["--config", str(tmp_path / "run.yaml"), str(tmp_path / "more.yaml"), "--out-dir", str(out)]
-    assert script("decoder_ceiling").main(argv) == 0
+    # evaluate_vae's reconstructions of both splits, for the check for copied latents
+    rows = {split: read_manifest(tiny_manifest, split) for split in ("train", "val")}
+    vae_model = load_vavae(vae, use_vf=None)
+    arrays = {
+        split: reconstruct(
+            vae_model, (item["image"][None] for item in MicroDopplerDataset(tiny_manifest, split, 32, 3))
+        )
+        for split in rows
+    }
+    save_reconstructions(tmp_path / "reconstructions.pt", arrays, rows, config["evaluation"]["classifier"]["size"])
+    assert script("decoder_ceiling").main([*argv, "--reconstructions", str(tmp_path / "reconstructions.pt")]) == 0
 
     train = [line.split(",") for line in tiny_manifest.read_text().splitlines()[1:] if ",train," in line]
     for user in {row[2] for row in train}:  # one reconstruction per train image, in the sample layout
@@ -114,6 +129,9 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
         assert Image.open(files[0]).size == (config["data"]["size"],) * 2
     report = json.loads((out / "eval" / "generation.json").read_text())
     assert report["seeds"] == [5]
+    # each of them copies a train latent (by construction), and the second check sees every one
+    assert report["memorisation_through_decoder"]["fraction_flagged"] == 1.0
+    assert all(pair["distance"] < 1e-3 for pair in report["memorisation_through_decoder"]["closest_pairs"])
     with pytest.raises(SystemExit, match="ceiling/samples exists"):  # a second run never mixes its images in
         script("decoder_ceiling").main(argv)
     assert report["frechet_distance"]["overall"] >= 0 and 0 <= report["precision_recall"]["recall"] <= 1

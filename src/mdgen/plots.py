@@ -145,22 +145,25 @@ def plot_confusion(confusion: list, out_png: Path) -> None:
     save(fig, out_png)
 
 
-def plot_pairs(
-    pairs: list, sample_images: torch.Tensor, train_images: torch.Tensor, threshold: float, out_png: Path
-) -> None:
-    fig, axes = plt.subplots(2, len(pairs), figsize=(1.6 * len(pairs), 3.6), squeeze=False, layout="constrained")
-    for column, (sample, train, distance) in enumerate(pairs):
-        for row, image in enumerate((sample_images[sample], train_images[train])):
-            array = to_uint8(image[None])[0]
-            axes[row, column].imshow(array, cmap="gray" if array.ndim == 2 else None)
-            axes[row, column].set_xticks([])
-            axes[row, column].set_yticks([])
-        axes[0, column].set_title(
-            f"d = {distance:.2f}", fontsize=8, color="tab:red" if distance < threshold else "black"
+def plot_pairs(panels: list[tuple[str, dict, torch.Tensor]], sample_images: torch.Tensor, out_png: Path) -> None:
+    """The memorisation checks' closest pairs: for each (title, memorisation output, the images it
+    compared against), a row of samples over a row of their nearest reference images, the distance
+    in red where it is below that check's threshold."""
+    columns = max(len(memo["closest_pairs"]) for _, memo, _ in panels)
+    fig = plt.figure(figsize=(1.6 * columns, 3.8 * len(panels)), layout="constrained")
+    for subfig, (title, memo, references) in zip(np.atleast_1d(fig.subfigures(len(panels), 1)), panels):
+        axes = subfig.subplots(2, columns, squeeze=False)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for column, (sample, reference, distance) in enumerate(memo["closest_pairs"]):
+            for ax, image in ((axes[0, column], sample_images[sample]), (axes[1, column], references[reference])):
+                array = to_uint8(image[None])[0]
+                ax.imshow(array, cmap="gray" if array.ndim == 2 else None)
+            below = distance < memo["threshold"]
+            axes[0, column].set_title(f"d = {distance:.2f}", fontsize=8, color="tab:red" if below else "black")
+        subfig.suptitle(
+            f"{title}: sample over its nearest (red: below the threshold {memo['threshold']:.2f})", fontsize=9
         )
-    axes[0, 0].set_ylabel("sample")
-    axes[1, 0].set_ylabel("nearest train")
-    fig.suptitle(f"Closest sample–training pairs (red: below the memorisation threshold {threshold:.2f})")
     save(fig, out_png)
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, write_vae_eval
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from mdgen.data.dataset import class_label
 from mdgen.data.validation import read_manifest
 from mdgen.evaluation.classifier import load_images, Recipe
-from mdgen.evaluation.identity import save_judges, train_judges
+from mdgen.evaluation.identity import save_judges, save_reconstructions, train_judges
 from mdgen.evaluation.study import Images, run_protocols
 from mdgen.stages.evaluate_generation import main as evaluate
 
@@ -41,6 +41,28 @@ def noise_samples(folder, users=3, per_user=4):
         for i in range(per_user):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"user_{user:02d}/{i}.png")
     return folder
+
+
+def blurred(path):
+    """What a smoothing 'decoder' makes of a spectrogram file: uint8, as a sample PNG holds it."""
+    return np.asarray(Image.open(path).convert("RGB").filter(ImageFilter.BoxBlur(1)))
+
+
+def copied_latents(manifest, root):
+    """The reconstructions of both splits through the smoothing decoder (as evaluate_vae saves them)
+    and 'samples' that are the train images' reconstructions: a generator that copies train latents."""
+    rows = {split: read_manifest(manifest, split) for split in ("train", "val")}
+    save_reconstructions(
+        root / "reconstructions.pt",
+        {split: [blurred(row["path"]) for row in split_rows] for split, split_rows in rows.items()},
+        rows,
+        SETTINGS["classifier"]["size"],
+    )
+    for row in rows["train"]:
+        target = root / "samples" / row["user_id"] / f"latent_copy_{row['path'].rsplit('/', 1)[-1]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(blurred(row["path"])).save(target)
+    return root / "samples", root / "reconstructions.pt"
 
 
 def run(manifest, samples, out, *extra):
@@ -172,6 +194,52 @@ def test_noise_samples_are_not_recognised(tiny_manifest, tmp_path):
     results = run(tiny_manifest, noise_samples(tmp_path / "samples"), tmp_path / "eval")
     assert results["memorisation"]["fraction_flagged"] == 0.0
     assert results["frechet_distance"]["overall"] > results["frechet_distance"]["real_train_vs_val"]
+    # without evaluate_vae's reconstructions there is no check for copied latents, and no row for one
+    assert "memorisation_through_decoder" not in results
+    rows = [r[0] for r in csv.reader((tmp_path / "eval" / "metrics.csv").open())]
+    assert "samples flagged as copies of a train latent" not in rows
+
+
+def test_copied_train_latents_are_flagged_against_the_reconstructions(tiny_manifest, tmp_path):
+    """Samples that are the decoder's reconstructions of train images (a DiT that copies its train
+    latents) sit at distance 0 from those reconstructions: every one is flagged by the second check,
+    for the generator on every train image and for the low-data one (whose 2 of 4 images per user
+    the samples copy among others)."""
+    samples, reconstructions = copied_latents(tiny_manifest, tmp_path)
+    results = run(
+        tiny_manifest, samples, tmp_path / "eval", f"--low-data=2={samples}", "--reconstructions", str(reconstructions)
+    )
+    decoded = results["memorisation_through_decoder"]
+    assert decoded["fraction_flagged"] == 1.0 and decoded["quantile"] == results["memorisation"]["quantile"]
+    assert all(pair["distance"] < 1e-6 for pair in decoded["closest_pairs"])
+    for pair in decoded["closest_pairs"]:  # each sample's nearest reconstruction is its own source's
+        assert pair["sample"].endswith("latent_copy_" + pair["train"].rsplit("/", 1)[-1])
+    # the pixel check measures against the train images themselves: blurred copies sit further away
+    assert min(pair["distance"] for pair in results["memorisation"]["closest_pairs"]) > 1e-3
+    low = results["low_data"]["k2"]
+    saw = set(results["training_sets"]["k2"])
+    assert low["memorisation_through_decoder"]["fraction_flagged"] >= 0.5  # at least the copies of what it saw
+    assert all(pair["train"] in saw for pair in low["memorisation_through_decoder"]["closest_pairs"])
+    assert {"threshold", "fraction_flagged"} <= set(low["memorisation"])
+    rows = {r[0]: r[1:] for r in csv.reader((tmp_path / "eval" / "metrics.csv").open())}
+    assert rows["samples flagged as copies of a train latent"] == ["1.0000", ""]
+    # two panels of closest pairs: against the images and against their reconstructions
+    single = Image.open(tmp_path / "eval" / "nearest_pairs.png").size
+    assert single[1] > 600
+
+
+@pytest.mark.fault
+def test_reconstructions_of_other_images_or_at_another_size_are_refused(tiny_manifest, tmp_path):
+    samples = noise_samples(tmp_path / "samples")
+    rows = {split: read_manifest(tiny_manifest, split) for split in ("train", "val")}
+    arrays = {split: [blurred(row["path"]) for row in split_rows] for split, split_rows in rows.items()}
+    save_reconstructions(tmp_path / "small.pt", arrays, rows, 16)
+    with pytest.raises(SystemExit, match=r"reconstructions at 16 px, the judges see 32 px: rerun evaluate_vae"):
+        run(tiny_manifest, samples, tmp_path / "eval", "--reconstructions", str(tmp_path / "small.pt"))
+    other = {"train": rows["train"][:-1], "val": rows["val"]}
+    save_reconstructions(tmp_path / "other.pt", {"train": arrays["train"][:-1], "val": arrays["val"]}, other, 32)
+    with pytest.raises(SystemExit, match=r"does not reconstruct the manifest's 12 train images \(it holds 11 other"):
+        run(tiny_manifest, samples, tmp_path / "eval", "--reconstructions", str(tmp_path / "other.pt"))
 
 
 def test_too_few_samples_for_a_ratio_is_a_clear_error(tiny_manifest, tmp_path):

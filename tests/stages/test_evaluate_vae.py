@@ -9,7 +9,7 @@ from conftest import finetune, tiny_config
 from mdgen.data.dataset import class_label
 from mdgen.data.validation import read_manifest
 from mdgen.evaluation.classifier import load_images, Recipe
-from mdgen.evaluation.identity import accuracy, load_judges
+from mdgen.evaluation.identity import accuracy, load_judges, load_reconstructions
 from mdgen.models.vavae import save_official, VAVAE, vavae_kwargs
 from mdgen.stages.evaluate_vae import main as evaluate
 
@@ -51,6 +51,7 @@ def test_evaluate_vae_writes_the_identity_table(tiny_manifest, tmp_path):
     args = ["--manifest", str(tiny_manifest), "--vae", str(tmp_path / "vavae.pt"), "--config", json.dumps(config)]
     judges = tmp_path / "judges.pt"
     outputs = ["--out-json", str(out), "--out-png", str(tmp_path / "recon.png"), "--out-judges", str(judges)]
+    outputs += ["--out-reconstructions", str(tmp_path / "reconstructions.pt")]
     assert evaluate([*args, *outputs]) == 0
     table = json.loads(out.read_text())["identity"]
     assert table["judge"].startswith("evaluation classifier (cnn, 32 px) trained on real train, seeds [0, 1]")
@@ -65,3 +66,10 @@ def test_evaluate_vae_writes_the_identity_table(tiny_manifest, tmp_path):
     val_x = load_images([r["path"] for r in val], 3, recipe.size)
     val_y = torch.tensor([class_label(r["user_id"]) for r in val])
     assert [accuracy(loaded[seed], val_x, val_y) for seed in settings["seeds"]] == table["real_val"]["runs"]
+    # the reconstructions, for evaluate_generation's check for copied latents: val's are the ones the
+    # table's judges scored, both splits as the judges see them
+    decoded = load_reconstructions(tmp_path / "reconstructions.pt", {"train": rows, "val": val}, recipe.size)
+    assert decoded["train"].shape == (12, 3, 32, 32) and decoded["val"].shape == val_x.shape
+    assert [accuracy(loaded[seed], decoded["val"], val_y) for seed in settings["seeds"]] == table["reconstructions"][
+        "runs"
+    ]

@@ -7,6 +7,7 @@ rule evaluate_generation:
         samples=rules.sample.output.users,
         vae_eval=rules.evaluate_vae.output.metrics,
         judges=rules.evaluate_vae.output.judges,
+        reconstructions=rules.evaluate_vae.output.reconstructions,
         low_data=expand(
             "results/lowdata/k{k}/samples/grid.png",
             k=config["evaluation"]["low_data_k"],
@@ -66,4 +67,4 @@ rule evaluate_generation:
         ),
     shell:
         "python -m mdgen.stages.evaluate_generation --manifest {input.manifest} --samples {params.samples}"
-        " --vae-eval {input.vae_eval} --judges {input.judges} --out-dir {params.out_dir} --config {params.config:q} --threads {threads} {params.low_data} {params.teachers} > {log} 2>&1"
+        " --vae-eval {input.vae_eval} --judges {input.judges} --reconstructions {input.reconstructions} --out-dir {params.out_dir} --config {params.config:q} --threads {threads} {params.low_data} {params.teachers} > {log} 2>&1"

@@ -43,6 +43,9 @@ rule evaluate_vae:
     output:
         metrics="results/vae/eval.json",
         judges="results/eval/judges.pt",
+        # the reconstructions of real train and val as the judges see them: evaluate_generation's
+        # check for copied latents
+        reconstructions="results/vae/reconstructions.pt",
         figure=report(
             "results/vae/reconstructions.png",
             caption="../report/vae_reconstructions.rst",
@@ -64,4 +67,4 @@ rule evaluate_vae:
     shell:
         "python -m mdgen.stages.evaluate_vae --manifest {input.manifest} --vae {input.vae}"
         " --config {params.config:q} --out-json {output.metrics} --out-png {output.figure}"
-        " --out-judges {output.judges} > {log} 2>&1"
+        " --out-judges {output.judges} --out-reconstructions {output.reconstructions} > {log} 2>&1"

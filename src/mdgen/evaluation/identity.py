@@ -161,6 +161,55 @@ def load_judges(
     return judges
 
 
+def save_reconstructions(
+    path: Path, reconstructions: dict[str, list[np.ndarray]], rows: dict[str, list[dict]], size: int
+) -> None:
+    """The VA-VAE's reconstructions of the real splits (uint8 arrays as a sample PNG holds them,
+    one list per split) as the judges see them: resized to `size` with LANCZOS, kept as uint8, with a
+    fingerprint of the images they reconstruct. evaluate_generation compares samples with them to
+    find samples that copy a train image's latent (`load_reconstructions`)."""
+    payload = {"size": size, "splits": {}}
+    for split, arrays in reconstructions.items():
+        if len(arrays) != len(rows[split]):
+            raise ValueError(f"{len(arrays)} reconstructions of {split} for its {len(rows[split])} images")
+        resized = [np.asarray(_resized(Image.fromarray(array), size)) for array in arrays]
+        payload["splits"][split] = {
+            "images": len(arrays),
+            "fingerprint": training_set_fingerprint(rows[split]),
+            "pixels": torch.from_numpy(np.stack(resized)),
+        }
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as file:  # a file object: see save_judges
+        torch.save(payload, file)
+
+
+def load_reconstructions(path: Path, rows: dict[str, list[dict]], size: int) -> dict[str, torch.Tensor]:
+    """What `save_reconstructions` wrote, per split as the judges see it ((N, C, size, size) in
+    [-1, 1], exactly as `judge_view` gives it), if it reconstructs these rows at this size;
+    otherwise SystemExit naming what differs."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved["size"] != size:
+        raise SystemExit(
+            f"{path} holds reconstructions at {saved['size']} px, the judges see {size} px: rerun evaluate_vae "
+            "with the same evaluation settings"
+        )
+    views = {}
+    for split, split_rows in rows.items():
+        entry = saved["splits"].get(split)
+        if entry is None or entry["fingerprint"] != training_set_fingerprint(split_rows):
+            found = "none" if entry is None else f"{entry['images']} other images"
+            raise SystemExit(
+                f"{path} does not reconstruct the manifest's {len(split_rows)} {split} images (it holds {found}): "
+                "rerun evaluate_vae on this manifest"
+            )
+        views[split] = as_judged((Image.fromarray(array) for array in entry["pixels"].numpy()), size)
+    return views
+
+
+def _resized(image: Image.Image, size: int) -> Image.Image:
+    """The resize `as_judged` applies (LANCZOS to size × size), done once for storage."""
+    return image if image.size == (size, size) else image.resize((size, size), Image.LANCZOS)
+
+
 # The steps an image takes from a real recording to a classifier trained on samples.
 IDENTITY_STEPS = (
     ("real_val", "real val"),

@@ -11,7 +11,10 @@ Trains the person-identification classifier (a fixed recipe, several seeds) on
 and tests every one on the REAL val split, which neither the VAE nor the generator saw. In the
 real-trained classifiers' penultimate features it measures per-user fidelity (is user k's sample
 classified as k?), Fréchet distance and k-NN precision/recall between real val images and samples,
-and memorisation (samples closer to a training image than almost any real val image is). With the
+and memorisation (samples closer to a training image than almost any real val image is; with
+--reconstructions also closer to a training image's VA-VAE reconstruction than almost any val image's
+reconstruction is: a copied train latent, which the first check cannot see through the decoder), for
+every generator. With the
 VA-VAE's identity figures from evaluate_vae it states where identity is lost, for every generator:
 real val → reconstructions of real val → samples (fidelity) → trained on samples (CAS).
 
@@ -37,7 +40,7 @@ from mdgen.data.dataset import class_label, per_user_subset
 from mdgen.data.latents import sha256_file
 from mdgen.data.validation import read_manifest, user_id
 from mdgen.evaluation.classifier import embed, load_images, Recipe
-from mdgen.evaluation.identity import format_identity_table, judge_name, load_judges
+from mdgen.evaluation.identity import format_identity_table, judge_name, load_judges, load_reconstructions
 from mdgen.evaluation.metrics import frechet_distance, frechet_distance_per_group, memorisation, precision_recall
 from mdgen.evaluation.study import fidelity, Images, protocols, read_samples, run_protocols
 from mdgen.io import atomic_output
@@ -56,6 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="results/eval/judges.pt (evaluate_vae --out-judges): the real-only classifiers, reused instead of "
         "trained again; without it they are trained here",
+    )
+    p.add_argument(
+        "--reconstructions",
+        type=Path,
+        default=None,
+        help="results/vae/reconstructions.pt (evaluate_vae --out-reconstructions): with it, samples are also checked "
+        "against the train images' reconstructions, which is where a copied train latent lands",
     )
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and evaluation sections")
@@ -143,18 +153,54 @@ def identity_table(results: dict, vae_identity: dict) -> dict:
     }
 
 
-def distribution_metrics(judge, train: Images, val: Images, samples: Images, settings: dict) -> tuple[dict, dict]:
-    """Fréchet distance, precision/recall and memorisation in the features of one real-trained
-    classifier (the first seed's); returns the results' entries and memorisation's full output."""
-    features = {name: embed(judge, x.x).double() for name, x in (("train", train), ("val", val), ("samples", samples))}
+# The two memorisation checks: what a flagged sample is closest to.
+COPY_CHECKS = {
+    "memorisation": "closer to a train image than real val is",
+    "memorisation_through_decoder": "closer to a train image's reconstruction than val's reconstructions are",
+}
+
+
+def judge_features(judge, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The judge's penultimate features of each set of images, in float64."""
+    return {name: embed(judge, x).double() for name, x in images.items()}
+
+
+def copy_checks(
+    features: dict[str, torch.Tensor],
+    samples: torch.Tensor,
+    sample_paths: list[str],
+    saw: np.ndarray,
+    train_paths: list[str],
+    quantile: float,
+) -> tuple[dict, dict]:
+    """Memorisation (mdgen.evaluation.metrics) of one generator's samples (their features) against
+    the train images it saw (`saw`: their indices), and, where `features` holds the VA-VAE's
+    reconstructions ("decoded_train", "decoded_val"), against those images' reconstructions with
+    reconstructions of val as the yardstick. The second check is the one that sees a generator that
+    copies a train latent: decoded, such a sample is that image's reconstruction, which sits further
+    from the image itself than the first check's threshold. Returns the results' entries and the
+    full outputs, keyed "memorisation" and "memorisation_through_decoder"."""
+    checks = {"memorisation": ("train", "val")}
+    if "decoded_train" in features:
+        checks["memorisation_through_decoder"] = ("decoded_train", "decoded_val")
+    entries, full = {}, {}
+    for name, (reference, yardstick) in checks.items():
+        memo = memorisation(samples, features[reference][saw], features[yardstick], quantile=quantile)
+        closest = [
+            {"sample": sample_paths[s], "train": train_paths[saw[t]], "distance": float(d)}
+            for s, t, d in memo["closest_pairs"]
+        ]
+        entries[name] = {key: memo[key] for key in ("threshold", "quantile", "fraction_flagged")}
+        entries[name]["closest_pairs"] = closest
+        full[name] = memo
+    return entries, full
+
+
+def distribution_metrics(features: dict[str, torch.Tensor], val: Images, samples: Images, settings: dict) -> dict:
+    """Fréchet distance and precision/recall between real val and the samples in the features of
+    one real-trained classifier (`judge_features` of train, val and samples)."""
     fd_per_user = frechet_distance_per_group(features["val"], val.labels, features["samples"], samples.labels)
-    memo = memorisation(
-        features["samples"], features["train"], features["val"], quantile=settings["memorisation_quantile"]
-    )
-    closest = [
-        {"sample": samples.paths[s], "train": train.paths[t], "distance": float(d)} for s, t, d in memo["closest_pairs"]
-    ]
-    entries = {
+    return {
         "features": {"classifier": f"real_only, seed {settings['seeds'][0]}", "dim": int(features["val"].shape[1])},
         "frechet_distance": {
             "overall": frechet_distance(features["val"], features["samples"]),
@@ -167,10 +213,7 @@ def distribution_metrics(judge, train: Images, val: Images, samples: Images, set
             # what real recordings score: real train in place of the samples
             "real_train_vs_val": precision_recall(features["val"], features["train"], k=settings["knn_k"]),
         },
-        "memorisation": {key: memo[key] for key in ("threshold", "quantile", "fraction_flagged")}
-        | {"closest_pairs": closest},
     }
-    return entries, memo
 
 
 def metrics_rows(results: dict, knn_k: int) -> list[tuple[str, str, str]]:
@@ -184,15 +227,27 @@ def metrics_rows(results: dict, knn_k: int) -> list[tuple[str, str, str]]:
     ]
     rows = [(name, f"{v['mean']:.4f}", f"{v['std']:.4f}") for name, v in accuracies]
     fd, pr = results["frechet_distance"], results["precision_recall"]
-    return rows + [
-        ("Fréchet distance, val vs samples", f"{fd['overall']:.3f}", ""),
-        ("Fréchet distance, val vs real train (reference)", f"{fd['real_train_vs_val']:.3f}", ""),
-        (f"precision (k={knn_k})", f"{pr['precision']:.4f}", ""),
-        (f"recall (k={knn_k})", f"{pr['recall']:.4f}", ""),
-        (f"precision (k={knn_k}), real train vs val (reference)", f"{pr['real_train_vs_val']['precision']:.4f}", ""),
-        (f"recall (k={knn_k}), real train vs val (reference)", f"{pr['real_train_vs_val']['recall']:.4f}", ""),
-        ("samples flagged as memorised", f"{results['memorisation']['fraction_flagged']:.4f}", ""),
-    ]
+    return (
+        rows
+        + [
+            ("Fréchet distance, val vs samples", f"{fd['overall']:.3f}", ""),
+            ("Fréchet distance, val vs real train (reference)", f"{fd['real_train_vs_val']:.3f}", ""),
+            (f"precision (k={knn_k})", f"{pr['precision']:.4f}", ""),
+            (f"recall (k={knn_k})", f"{pr['recall']:.4f}", ""),
+            (
+                f"precision (k={knn_k}), real train vs val (reference)",
+                f"{pr['real_train_vs_val']['precision']:.4f}",
+                "",
+            ),
+            (f"recall (k={knn_k}), real train vs val (reference)", f"{pr['real_train_vs_val']['recall']:.4f}", ""),
+            ("samples flagged as memorised", f"{results['memorisation']['fraction_flagged']:.4f}", ""),
+        ]
+        + [
+            ("samples flagged as copies of a train latent", f"{decoded['fraction_flagged']:.4f}", "")
+            for decoded in [results.get("memorisation_through_decoder")]
+            if decoded is not None
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     saved_judges = None
     if args.judges is not None:
         saved_judges = load_judges(args.judges, recipe, settings["seeds"], rows["train"], num_classes, channels)
+    decoded = {}
+    if args.reconstructions is not None:
+        decoded = load_reconstructions(args.reconstructions, rows, recipe.size)
+    else:
+        say("No --reconstructions: samples are checked against the train images only, not for copied latents")
     samples = images(*read_samples(args.samples, num_classes))
     low_data = dict(parse_low_data(item) for item in args.low_data)
     say(
@@ -245,11 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         "fidelity": fidelity(judges, samples, num_classes),
         "low_data": {},
     }
+    low_data_sets = {}  # name: (the train images its generator saw, its samples)
     for k, folder in low_data.items():
         # The same draw as train_dit --per-user k: the generator and these classifiers saw the same images.
         name = f"k{k}"
-        subset = train.subset(per_user_subset(train.labels, k, settings["low_data_seed"]))
+        saw = np.asarray(per_user_subset(train.labels, k, settings["low_data_seed"]))
+        subset = train.subset(saw)
         generated = images(*read_samples(folder, num_classes))
+        low_data_sets[name] = (saw, generated)
         results["training_sets"] |= {name: subset.paths, f"synthetic_{name}": generated.paths}
         results["low_data"][name] = run_protocols(subset, generated, val, generator_saw=name, **study)[0]
         results["low_data"][name]["fidelity"] = fidelity(judges, generated, num_classes)
@@ -261,8 +324,27 @@ def main(argv: list[str] | None = None) -> int:
     results["identity"] = identity_table(results, vae_identity)
     say(f"Where identity is lost ({vae_identity['judge']}; chance {vae_identity['chance']:.3f}):")
     say(format_identity_table(results["identity"]["generators"]))
-    distribution, memo = distribution_metrics(judges[settings["seeds"][0]], train, val, samples, settings)
-    results |= distribution
+    judge = judges[settings["seeds"][0]]
+    features = judge_features(
+        judge, {"train": train.x, "val": val.x, "samples": samples.x} | {f"decoded_{s}": x for s, x in decoded.items()}
+    )
+    results |= distribution_metrics(features, val, samples, settings)
+    quantile = settings["memorisation_quantile"]
+    every_image = np.arange(len(train.paths))
+    copies, memo = copy_checks(features, features["samples"], samples.paths, every_image, train.paths, quantile)
+    results |= copies
+    for name, (saw, generated) in low_data_sets.items():
+        sample_features = judge_features(judge, {"samples": generated.x})["samples"]
+        results["low_data"][name] |= copy_checks(
+            features, sample_features, generated.paths, saw, train.paths, quantile
+        )[0]
+    for name, study_results in {"real_train": results, **results["low_data"]}.items():
+        flagged = [
+            f"{study_results[check]['fraction_flagged']:.3f} {label}"
+            for check, label in COPY_CHECKS.items()
+            if check in study_results
+        ]
+        say(f"{name:>12}: samples flagged as copies: " + ", ".join(flagged))
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.out_dir / "generation.json") as tmp:
@@ -277,7 +359,22 @@ def main(argv: list[str] | None = None) -> int:
             results["fidelity"]["per_user"], results["real_only"]["per_user_val_accuracy"], out
         ),
         "confusion.png": lambda out: plot_confusion(results["fidelity"]["confusion"], out),
-        "nearest_pairs.png": lambda out: plot_pairs(memo["closest_pairs"], samples.x, train.x, memo["threshold"], out),
+        "nearest_pairs.png": lambda out: plot_pairs(
+            [
+                (title, memo[check], reference)
+                for check, title, reference in (
+                    ("memorisation", "Against the train images", train.x),
+                    (
+                        "memorisation_through_decoder",
+                        "Against their reconstructions (copied latents)",
+                        decoded.get("train"),
+                    ),
+                )
+                if check in memo
+            ],
+            samples.x,
+            out,
+        ),
     }
     for name, draw in figures.items():
         draw(args.out_dir / name)

@@ -2,14 +2,16 @@
 
     python -m mdgen.stages.evaluate_vae --manifest results/dataset/manifest.csv --vae results/vae/vavae.pt \
         --config config/config.yaml --out-json results/vae/eval.json --out-png results/vae/reconstructions.png \
-        --out-judges results/eval/judges.pt
+        --out-judges results/eval/judges.pt --out-reconstructions results/vae/reconstructions.pt
 
 For both models: PSNR and SSIM (torchmetrics, images in [0, 1]), LPIPS when VGG16 weights are
 available, and per-channel statistics of the latents (posterior means). The figure shows input,
 initial and fine-tuned reconstruction side by side for several users. Whether the person survives:
 the evaluation classifier trained on real train (the real judges, one per evaluation seed) on real
 val and on its reconstructions; the judges are saved (--out-judges) so that evaluate_generation
-measures the samples with the same classifiers instead of training them again.
+measures the samples with the same classifiers instead of training them again, and so are the
+reconstructions of real train and val as the judges see them (--out-reconstructions): a sample that
+copies a train image's latent is the decoder's reconstruction of that image, not the image itself.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ from mdgen.config import load_config
 from mdgen.data.dataset import class_label, MicroDopplerDataset, to_uint8
 from mdgen.data.validation import read_manifest, SPLITS
 from mdgen.evaluation.classifier import load_images, Recipe
-from mdgen.evaluation.identity import judge_view, reconstruct, reconstruction_identity, save_judges, train_judges
+from mdgen.evaluation.identity import (
+    judge_view,
+    reconstruct,
+    reconstruction_identity,
+    save_judges,
+    save_reconstructions,
+    train_judges,
+)
 from mdgen.io import atomic_output
 from mdgen.losses import build_lpips, PerceptualLoss
 from mdgen.models.vavae import load_vavae, VAVAE, vavae_kwargs
@@ -95,11 +104,18 @@ def evaluate(
 
 
 def identity(
-    config: dict, manifest: str, vae: VAVAE, recon_val: list, batch_size: int, judges_path: Path | None
+    config: dict,
+    manifest: str,
+    vae: VAVAE,
+    recon_val: list,
+    batch_size: int,
+    judges_path: Path | None,
+    reconstructions_path: Path | None = None,
 ) -> dict:
     """Does the person survive the autoencoder? The evaluation classifier (real judge) on real val
     and on its reconstructions, and a judge trained on reconstructions (see mdgen.evaluation.identity).
-    The real judges are saved to `judges_path` for evaluate_generation."""
+    The real judges are saved to `judges_path` and the reconstructions of both splits, as the judges
+    see them, to `reconstructions_path`, for evaluate_generation."""
     settings, data = config["evaluation"], config["data"]
     recipe = Recipe(**settings["classifier"])
     rows = {split: read_manifest(manifest, split) for split in SPLITS}
@@ -115,6 +131,8 @@ def identity(
         progress(batches, desc="reconstructing train", total=-(-len(train) // batch_size), unit="batch"),
         data["colormap"],
     )
+    if reconstructions_path is not None:
+        save_reconstructions(reconstructions_path, {"train": recon_train, "val": recon_val}, rows, recipe.size)
     return reconstruction_identity(
         judges,
         labels["train"],
@@ -139,6 +157,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="results/eval/judges.pt: the real judges, for evaluate_generation --judges (not written without it)",
+    )
+    p.add_argument(
+        "--out-reconstructions",
+        type=Path,
+        default=None,
+        help="results/vae/reconstructions.pt: the reconstructions of real train and val as the judges see them, for "
+        "evaluate_generation's check for copied latents (not written without it)",
     )
     return p.parse_args(argv)
 
@@ -167,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     table = identity(
-        config, args.manifest, models["fine-tuned"], arrays["fine-tuned"], config["vae"]["batch_size"], args.out_judges
+        config,
+        args.manifest,
+        models["fine-tuned"],
+        arrays["fine-tuned"],
+        config["vae"]["batch_size"],
+        args.out_judges,
+        args.out_reconstructions,
     )
     say(f"Identity ({table['judge']}; chance {table['chance']:.3f}):")
     for key, label in (
@@ -201,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         for u in shown
     ]
     image_grid(rows, shown, ["input", *models], args.out_png, title="VA-VAE reconstructions (val)")
-    say(f"Wrote {args.out_json}, {args.out_png}" + (f" and the judges to {args.out_judges}" if args.out_judges else ""))
+    also = [f"the judges to {args.out_judges}"] * bool(args.out_judges) + [
+        f"the reconstructions to {args.out_reconstructions}"
+    ] * bool(args.out_reconstructions)
+    say(f"Wrote {args.out_json}, {args.out_png}" + "".join(f", {item}" for item in also))
     return 0
 
 
