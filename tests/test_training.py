@@ -147,6 +147,18 @@ def test_train_dit_refuses_a_decay_longer_than_its_training_before_reading_anyth
     assert list(tmp_path.iterdir()) == []
 
 
+def test_finetune_vae_refuses_a_decay_longer_than_its_training_before_reading_anything(tmp_path):
+    from conftest import tiny_config
+
+    from mdgen.stages import finetune_vae
+
+    config = tiny_config(vae={"decay_epochs": 3, "trainer": {"max_epochs": 2}})
+    args = ["--manifest", str(tmp_path / "none.csv"), "--out-dir", str(tmp_path), "--config", json.dumps(config)]
+    with pytest.raises(SystemExit, match=r"vae.decay_epochs \(3\) must lie within vae.trainer.max_epochs \(2\)"):
+        finetune_vae.main(args)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_dit_checkpoints_hold_the_model_once_and_older_ones_with_a_second_copy_still_load():
     module = tiny_dit_module()
     state = module.state_dict()
@@ -240,3 +252,64 @@ def test_vae_step_cut_at_the_encoder_gives_the_official_gradients_and_log(disc_s
     atol = 1e-5 * max(grad.abs().max().item() for grad in official_grads.values())
     for name in official_grads:
         torch.testing.assert_close(cut_grads[name], official_grads[name], rtol=1e-5, atol=atol, msg=name)
+
+
+def fit_tiny_vae(decay_epochs, callbacks, ckpt_path=None, stop_after=None, save_to=None):
+    """The VA-VAE's training step on 4 batches of 2 random images for 2 epochs (8 batches); with
+    stop_after, interrupted after that many batches, its checkpoint written then to save_to."""
+    from conftest import tiny_config
+    from torch.utils.data import DataLoader
+
+    from mdgen.config import load_config
+    from mdgen.models.teacher import SpectrogramTeacher
+    from mdgen.training.vavae import VAVAETraining
+
+    class Stop(pl.Callback):  # an interruption after `stop_after` batches, as a checkpoint callback saves it
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.fit_loop.total_batch_idx + 1 == stop_after:
+                trainer.save_checkpoint(save_to)
+                trainer.should_stop = True
+
+    torch.manual_seed(0)
+    teacher = SpectrogramTeacher(num_classes=3, in_chans=3, width=4, size=32).requires_grad_(False).eval()
+    config = load_config(json.dumps(tiny_config(vae={"decay_epochs": decay_epochs}, teacher={"width": 4, "size": 32})))
+    images = [{"image": torch.rand(3, 32, 32) * 2 - 1} for _ in range(8)]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*callbacks, *([Stop()] if stop_after else [])],
+    )
+    trainer.fit(VAVAETraining(config, teacher), DataLoader(images, batch_size=2), ckpt_path=ckpt_path)
+    return trainer
+
+
+class RecordBothLearningRates(pl.Callback):
+    """The learning rates (autoencoder, discriminator) each batch runs with."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates.append(tuple(optimizer.param_groups[0]["lr"] for optimizer in trainer.optimizers))
+
+
+def test_the_vae_learning_rates_decay_over_its_last_epochs_batch_by_batch_and_a_resumed_run_goes_on(tmp_path):
+    lr = 1e-3  # tiny_config's vae.base_learning_rate
+    record = RecordBothLearningRates()
+    fit_tiny_vae(1, [record])  # 8 batches, the second epoch's 4 decay
+    expected = [lr] * 5 + [0.75 * lr, 0.5 * lr, 0.25 * lr]
+    assert [ae for ae, _ in record.rates] == pytest.approx(expected)
+    assert [disc for _, disc in record.rates] == pytest.approx(expected)
+
+    fit_tiny_vae(1, [], stop_after=6, save_to=tmp_path / "last.ckpt")
+    resumed = RecordBothLearningRates()
+    fit_tiny_vae(1, [resumed], ckpt_path=tmp_path / "last.ckpt")
+    assert [ae for ae, _ in resumed.rates] == pytest.approx([0.5 * lr, 0.25 * lr])
+
+    constant = RecordBothLearningRates()
+    fit_tiny_vae(0, [constant])  # decay_epochs 0: the official constant
+    assert constant.rates == [(lr, lr)] * 8

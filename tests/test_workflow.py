@@ -150,6 +150,7 @@ def test_default_config_plans_the_whole_dag():
             {"dit": {"optimizer": {"decay_steps": 100000}}},
             "dit.optimizer.decay_steps 100000 must lie within dit.trainer.max_steps",
         ),
+        ({"vae": {"decay_epochs": 50}}, "vae.decay_epochs 50 must lie within vae.trainer.max_epochs"),
         (
             {"data": {"colormap": "jet", "channels": 1}},
             "data.colormap 'jet' describes RGB files: it needs data.channels 3",

@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         **({"teacher": config["teacher"]} if teacher_uses(config["vae"]) else {}),
     }
     vae_config = config["vae"]
+    decay_epochs, max_epochs = vae_config["decay_epochs"], vae_config["trainer"]["max_epochs"]
+    if decay_epochs > max(max_epochs, 0):
+        raise SystemExit(
+            f"vae.decay_epochs ({decay_epochs}) must lie within vae.trainer.max_epochs ({max_epochs}); "
+            "0 keeps the learning rates constant"
+        )
     pl.seed_everything(vae_config["seed"], workers=True)
 
     teacher = None

@@ -61,6 +61,13 @@ def compiled(model: torch.nn.Module, accelerator: str) -> torch.nn.Module:
     return torch.compile(model)
 
 
+def lr_decay_factor(step: int, *, total: int, decay: int) -> float:
+    """The learning rate's factor at step `step` (0-based) of `total`: 1, then down linearly over
+    the last `decay` steps (1/decay at the last step, 0 after the end). Warmup-stable-decay without
+    the warmup; the DiT counts optimizer steps, the VA-VAE batches."""
+    return min(1.0, max(0.0, (total - step) / decay))
+
+
 def fused_adam(trainer: pl.Trainer) -> bool:
     """Whether Adam(W) runs as torch's fused kernel: one pass over each tensor, the same update to
     float rounding, and on the CPU 12× faster than torch's default per-tensor loop (a LightningDiT-B/2

@@ -18,7 +18,7 @@ from mdgen.losses.repa import build_projector, repa_loss
 from mdgen.models.lightningdit import build_dit, registry_size
 from mdgen.models.teacher import load_teacher
 from mdgen.progress import progress
-from mdgen.training import compiled, fused_adam
+from mdgen.training import compiled, fused_adam, lr_decay_factor
 from mdgen.transport import training_loss
 
 
@@ -150,12 +150,6 @@ class DiTTraining(pl.LightningModule):
         factor = functools.partial(lr_decay_factor, total=self.trainer.max_steps, decay=settings["decay_steps"])
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def lr_decay_factor(step: int, *, total: int, decay: int) -> float:
-    """The learning rate's factor at optimizer step `step` (0-based) of `total`: 1, then down
-    linearly over the last `decay` steps (1/decay at the last step, 0 after the end)."""
-    return min(1.0, max(0.0, (total - step) / decay))
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ with the official gradients back-propagated through the decoder once instead of 
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 
@@ -17,7 +18,7 @@ from mdgen.losses import build_lpips, FeaturePerceptualLoss, FoundationModel, LP
 from mdgen.losses.vavae_loss import D_WEIGHT_MAX, gradient_ratio, VF_WEIGHT_MAX
 from mdgen.models.teacher import SpectrogramTeacher
 from mdgen.models.vavae import VAVAE, vavae_kwargs
-from mdgen.training import fused_adam
+from mdgen.training import fused_adam, lr_decay_factor
 
 # Lightning warns that manual optimization checkpoints hold the weights after the optimizer step;
 # that is what we want (the state at global_step), so the warning is noise.
@@ -126,6 +127,7 @@ class VAVAETraining(pl.LightningModule):
         self.vae = VAVAE(**vavae_kwargs(config))
         self.loss = build_loss(config, teacher)
         self.learning_rate = config["vae"]["base_learning_rate"]
+        self.decay_epochs = config["vae"]["decay_epochs"]
         self.automatic_optimization = False
 
     def aligned_latents(self, images: torch.Tensor, z: torch.Tensor):
@@ -165,6 +167,8 @@ class VAVAETraining(pl.LightningModule):
         disc_optimizer.zero_grad()
         self.manual_backward(disc_loss)
         disc_optimizer.step()
+        for schedule in self.lr_schedulers() or []:  # manual optimization: stepped here, once per batch
+            schedule.step()
 
         # Under DDP the logged losses are the means over the ranks' batches, the throughput their sum.
         batch_size = len(images)
@@ -252,10 +256,17 @@ class VAVAETraining(pl.LightningModule):
     def configure_optimizers(self):
         # As the official code: the loss's logvar is not trained; linear_proj is (part of self.vae).
         settings = dict(lr=self.learning_rate, betas=(0.5, 0.9), fused=fused_adam(self.trainer))
-        return [
+        optimizers = [
             torch.optim.Adam(self.vae.parameters(), **settings),
             torch.optim.Adam(self.loss.discriminator.parameters(), **settings),
         ]
+        if not self.decay_epochs:
+            return optimizers  # constant, as the official code
+        # vae.decay_epochs: both learning rates fall linearly to 0 over the last epochs, batch by batch
+        batches = int(self.trainer.estimated_stepping_batches)  # every batch of every epoch (one rank's)
+        decay = max(1, round(batches * self.decay_epochs / self.trainer.max_epochs))
+        factor = functools.partial(lr_decay_factor, total=batches, decay=decay)
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in optimizers]
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["state_dict"] = {
