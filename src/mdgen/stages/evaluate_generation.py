@@ -11,12 +11,12 @@ Trains the person-identification classifier (a fixed recipe, several seeds) on
 and tests every one on the REAL val split, which neither the VAE nor the generator saw. In the
 real-trained classifiers' penultimate features it measures per-user fidelity (is user k's sample
 classified as k?), Fréchet distance and k-NN precision/recall between real val images and samples,
-and memorisation (samples closer to a training image than almost any real val image is; with
---reconstructions also closer to a training image's VA-VAE reconstruction than almost any val image's
-reconstruction is: a copied train latent, which the first check cannot see through the decoder), for
-every generator. With the
-VA-VAE's identity figures from evaluate_vae it states where identity is lost, for every generator:
-real val → reconstructions of real val → samples (fidelity) → trained on samples (CAS).
+and, for every generator, memorisation: samples closer to a training image than almost any real
+val image is, and (with --reconstructions) closer to a training image's VA-VAE reconstruction than
+almost any val image's reconstruction is, which is where a copied train latent lands and the first
+check cannot see it. With the VA-VAE's identity figures from evaluate_vae it states where identity
+is lost, for every generator: real val → reconstructions of real val → samples (fidelity) → trained
+on samples (CAS).
 
 Writes `<out-dir>/generation.json` (every number, the seeds, the settings, and which real images
 each generator, its alignment teacher and each classifier saw), `metrics.csv` (the headline table) and the plots
@@ -226,28 +226,20 @@ def metrics_rows(results: dict, knn_k: int) -> list[tuple[str, str, str]]:
         ("reconstructions of real val classified as their user", results["identity"]["reconstructions"]),
     ]
     rows = [(name, f"{v['mean']:.4f}", f"{v['std']:.4f}") for name, v in accuracies]
-    fd, pr = results["frechet_distance"], results["precision_recall"]
-    return (
-        rows
-        + [
-            ("Fréchet distance, val vs samples", f"{fd['overall']:.3f}", ""),
-            ("Fréchet distance, val vs real train (reference)", f"{fd['real_train_vs_val']:.3f}", ""),
-            (f"precision (k={knn_k})", f"{pr['precision']:.4f}", ""),
-            (f"recall (k={knn_k})", f"{pr['recall']:.4f}", ""),
-            (
-                f"precision (k={knn_k}), real train vs val (reference)",
-                f"{pr['real_train_vs_val']['precision']:.4f}",
-                "",
-            ),
-            (f"recall (k={knn_k}), real train vs val (reference)", f"{pr['real_train_vs_val']['recall']:.4f}", ""),
-            ("samples flagged as memorised", f"{results['memorisation']['fraction_flagged']:.4f}", ""),
-        ]
-        + [
-            ("samples flagged as copies of a train latent", f"{decoded['fraction_flagged']:.4f}", "")
-            for decoded in [results.get("memorisation_through_decoder")]
-            if decoded is not None
-        ]
-    )
+    fd, pr, reference = results["frechet_distance"], results["precision_recall"], "real train vs val (reference)"
+    rows += [
+        ("Fréchet distance, val vs samples", f"{fd['overall']:.3f}", ""),
+        ("Fréchet distance, val vs real train (reference)", f"{fd['real_train_vs_val']:.3f}", ""),
+        (f"precision (k={knn_k})", f"{pr['precision']:.4f}", ""),
+        (f"recall (k={knn_k})", f"{pr['recall']:.4f}", ""),
+        (f"precision (k={knn_k}), {reference}", f"{pr['real_train_vs_val']['precision']:.4f}", ""),
+        (f"recall (k={knn_k}), {reference}", f"{pr['real_train_vs_val']['recall']:.4f}", ""),
+        ("samples flagged as memorised", f"{results['memorisation']['fraction_flagged']:.4f}", ""),
+    ]
+    if "memorisation_through_decoder" in results:
+        flagged = results["memorisation_through_decoder"]["fraction_flagged"]
+        rows.append(("samples flagged as copies of a train latent", f"{flagged:.4f}", ""))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     copies, memo = copy_checks(features, features["samples"], samples.paths, every_image, train.paths, quantile)
     results |= copies
     for name, (saw, generated) in low_data_sets.items():
-        sample_features = judge_features(judge, {"samples": generated.x})["samples"]
+        sample_features = embed(judge, generated.x).double()
         results["low_data"][name] |= copy_checks(
             features, sample_features, generated.paths, saw, train.paths, quantile
         )[0]
@@ -345,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             if check in study_results
         ]
         say(f"{name:>12}: samples flagged as copies: " + ", ".join(flagged))
+
+    pair_panels = [("Against the train images", memo["memorisation"], train.x)]
+    if decoded:
+        title = "Against their reconstructions (copied latents)"
+        pair_panels.append((title, memo["memorisation_through_decoder"], decoded["train"]))
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.out_dir / "generation.json") as tmp:
@@ -359,22 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             results["fidelity"]["per_user"], results["real_only"]["per_user_val_accuracy"], out
         ),
         "confusion.png": lambda out: plot_confusion(results["fidelity"]["confusion"], out),
-        "nearest_pairs.png": lambda out: plot_pairs(
-            [
-                (title, memo[check], reference)
-                for check, title, reference in (
-                    ("memorisation", "Against the train images", train.x),
-                    (
-                        "memorisation_through_decoder",
-                        "Against their reconstructions (copied latents)",
-                        decoded.get("train"),
-                    ),
-                )
-                if check in memo
-            ],
-            samples.x,
-            out,
-        ),
+        "nearest_pairs.png": lambda out: plot_pairs(pair_panels, samples.x, out),
     }
     for name, draw in figures.items():
         draw(args.out_dir / name)
