@@ -152,6 +152,10 @@ def test_default_config_plans_the_whole_dag():
         ),
         ({"vae": {"decay_epochs": 50}}, "vae.decay_epochs 50 must lie within vae.trainer.max_epochs"),
         (
+            {"vae": {"decay_epochs": 1, "trainer": {"max_epochs": -1, "max_steps": 40}}},
+            "a decay needs max_epochs >= 1, -1 trains by vae.trainer.max_steps alone",
+        ),
+        (
             {"data": {"colormap": "jet", "channels": 1}},
             "data.colormap 'jet' describes RGB files: it needs data.channels 3",
         ),

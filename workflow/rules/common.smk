@@ -86,10 +86,11 @@ def config_conflicts():
             f"dit.optimizer.decay_steps {decay_steps} must lie within dit.trainer.max_steps "
             f"{max_steps} (0 keeps the learning rate constant)"
         )
-    if vae["decay_epochs"] > vae["trainer"]["max_epochs"]:
+    if vae["decay_epochs"] > max(vae["trainer"]["max_epochs"], 0):
         problems.append(
             f"vae.decay_epochs {vae['decay_epochs']} must lie within vae.trainer.max_epochs "
-            f"{vae['trainer']['max_epochs']} (0 keeps the learning rates constant)"
+            f"{vae['trainer']['max_epochs']} (0 keeps the learning rates constant; a decay needs "
+            "max_epochs >= 1, -1 trains by vae.trainer.max_steps alone)"
         )
     if data["source"] == "synthetic":
         per_user = config["simulator"]["train_per_user"]
