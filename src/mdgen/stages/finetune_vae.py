@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if decay_epochs > max(max_epochs, 0):
         raise SystemExit(
             f"vae.decay_epochs ({decay_epochs}) must lie within vae.trainer.max_epochs ({max_epochs}); "
-            "0 keeps the learning rates constant; a decay needs max_epochs >= 1, -1 trains by vae.trainer.max_steps alone"
+            "0 keeps the learning rates constant; a decay needs max_epochs >= 1, "
+            "-1 trains by vae.trainer.max_steps alone"
         )
     pl.seed_everything(vae_config["seed"], workers=True)
 
