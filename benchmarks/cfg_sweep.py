@@ -9,7 +9,9 @@ does), draws `--per-user` samples per user at each guidance scale with the
 `sample` stage's sampler and seed, and prints the share recognised as their user by the DiT fidelity
 probe's two judges (the evaluation recipe, seed 0): one trained on real train images (what
 `evaluate_generation` calls fidelity) and one trained on the VA-VAE's reconstructions of them
-(what the DiT alone loses). A few minutes on 2 CPU cores for the study preset at 4 scales.
+(what the DiT alone loses). Samples go through the run's `decode` steps as the sample stage
+writes them (with `results/vae/decoder_noise.json` when decode.noise is on). A few minutes on 2
+CPU cores for the study preset at 4 scales.
 Measured sweeps: docs/identity-study.md.
 """
 
@@ -18,11 +20,12 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from mdgen.config import deep_update, load_config
-from mdgen.data.dataset import to_uint8
+from mdgen.data.observation import load_noise, Observation
 from mdgen.evaluation.classifier import predict, Recipe
 from mdgen.evaluation.identity import judge_view, probe_judges
 from mdgen.models.lightningdit import load_dit
@@ -45,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     merged = {}
     for path in args.config:
         merged = deep_update(merged, yaml.safe_load(Path(path).read_text()))
-    config = load_config(json.dumps(merged), "data", "sample", "evaluation")
+    config = load_config(json.dumps(merged), "data", "sample", "evaluation", "decode")
+    noise_file = results / "vae" / "decoder_noise.json"
+    observation = Observation.from_config(config, load_noise(noise_file if noise_file.exists() else None))
+    rng = np.random.default_rng(config["sample"]["seed"])
     settings = dict(config["sample"])
     settings["num_sampling_steps"] = args.steps or settings["num_sampling_steps"]
     if args.interval_start is not None:
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             for user in range(users):
                 images = sample_user(model, vae, user, args.per_user, settings | {"cfg_scale": scale}, shape, mean, std)
-                arrays += to_uint8(images, config["data"]["colormap"])
+                arrays += observation(images, rng)
                 labels += [user] * args.per_user
         images, labels = judge_view(arrays, recipe.size), torch.tensor(labels)
         real, recon = (

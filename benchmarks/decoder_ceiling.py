@@ -2,11 +2,12 @@
 
     python benchmarks/decoder_ceiling.py --manifest results/dataset/manifest.csv --vae results/vae/vavae.pt \
         --vae-eval results/vae/eval.json --config config/config.yaml [more config files] --out-dir results/ceiling \
-        [--reconstructions results/vae/reconstructions.pt]
+        [--reconstructions results/vae/reconstructions.pt] [--decoder-noise results/vae/decoder_noise.json]
 
 A generator that had learned the train split's distribution perfectly would draw latents like the
 VA-VAE's latents of train images, and the decoder would turn them into the reconstructions of
-those images. This script writes those reconstructions (posterior mean, every train image) in the
+those images. This script writes those reconstructions (posterior mean, every train image, through
+the run's `decode` steps as samples are: colours onto the map, one draw of the decoder's noise) in the
 sample stage's layout (`<out-dir>/samples/user_NN/sample_XXXX.png`) and runs `evaluate_generation`
 on them as if they were samples (`<out-dir>/eval/generation.json`). Their fidelity, CAS, Fréchet
 distance and precision/recall against real val are what the samples can reach at best with this
@@ -26,12 +27,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from PIL import Image
 
 from mdgen.config import deep_update, load_config
-from mdgen.data.dataset import MicroDopplerDataset, to_uint8
+from mdgen.data.dataset import MicroDopplerDataset
+from mdgen.data.observation import load_noise, NoiseModel, Observation
 from mdgen.io import atomic_output
 from mdgen.models.vavae import load_vavae
 from mdgen.stages import evaluate_generation
@@ -45,16 +48,21 @@ def merged(paths: list[Path]) -> dict:
 
 
 @torch.no_grad()
-def write_reconstructions(manifest: str, vae_path: Path, config: dict, out: Path, batch_size: int = 32) -> int:
+def write_reconstructions(
+    manifest: str, vae_path: Path, config: dict, out: Path, noise: NoiseModel | None = None, batch_size: int = 32
+) -> int:
+    """Every train image's reconstruction, through the run's `decode` steps as its samples are."""
     data = config["data"]
     colormap = data.get("colormap")
+    observation = Observation.from_config(config, noise)
+    rng = np.random.default_rng(config["sample"]["seed"])
     images = MicroDopplerDataset(manifest, "train", data["size"], data["channels"], colormap=colormap)
     vae = load_vavae(vae_path, use_vf=None).eval()
     counts: dict[str, int] = {}
     for start in range(0, len(images), batch_size):
         items = [images[i] for i in range(start, min(start + batch_size, len(images)))]
         batch = torch.stack([item["image"] for item in items])
-        decoded = to_uint8(vae.decode(vae.encode(batch).mode()), colormap)
+        decoded = observation(vae.decode(vae.encode(batch).mode()), rng)
         for item, image in zip(items, decoded):
             folder = out / item["user_id"]
             folder.mkdir(parents=True, exist_ok=True)
@@ -78,11 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="results/vae/reconstructions.pt: also run the check for copied latents (it should flag nearly all)",
     )
+    p.add_argument(
+        "--decoder-noise",
+        type=Path,
+        default=None,
+        help="results/vae/decoder_noise.json: the noise the run's samples get (needed with decode.noise)",
+    )
     args = p.parse_args(argv)
-    config = load_config(json.dumps(merged(args.config)), "data", "evaluation")
+    config = load_config(json.dumps(merged(args.config)), "data", "evaluation", "decode", "sample")
     if (args.out_dir / "samples").exists():  # never mix with (or delete) samples written before
         raise SystemExit(f"{args.out_dir / 'samples'} exists: remove it or choose another --out-dir")
-    count = write_reconstructions(args.manifest, args.vae, config, args.out_dir / "samples")
+    noise = load_noise(args.decoder_noise)
+    count = write_reconstructions(args.manifest, args.vae, config, args.out_dir / "samples", noise)
     print(f"{count} reconstructions of the train split written to {args.out_dir / 'samples'}")
     return evaluate_generation.main(
         [

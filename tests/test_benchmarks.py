@@ -4,6 +4,7 @@ import importlib.util
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -61,6 +62,7 @@ def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_scale(tiny_manifest,
     import yaml
     from conftest import tiny_config
 
+    from mdgen.data.observation import NoiseModel, save_noise
     from mdgen.stages import train_dit
 
     latents, vae = tiny_latents
@@ -73,6 +75,8 @@ def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_scale(tiny_manifest,
     argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(results / "dit"), "--config"]
     assert train_dit.main([*argv, json.dumps(config)]) == 0
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    # the run's decoder noise (decode.noise is on in the default), which the samples are drawn with
+    save_noise(results / "vae" / "decoder_noise.json", NoiseModel((4.0,) * 16, (1000,) * 16, 12), True, "test")
     capsys.readouterr()
 
     sweep = ["--run", str(tmp_path), "--config", str(tmp_path / "run.yaml"), "--scales", "1", "3", "--per-user", "2"]
@@ -97,12 +101,15 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
     from PIL import Image
 
     from mdgen.data.dataset import MicroDopplerDataset
+    from mdgen.data.observation import NoiseModel, Observation, save_noise
     from mdgen.data.validation import read_manifest
     from mdgen.evaluation.identity import reconstruct, save_reconstructions
     from mdgen.models.vavae import load_vavae
 
     _, vae = tiny_latents
-    config = tiny_config()
+    # colours moved onto jet, as the default does; no noise, so that a reconstruction written as a
+    # sample is the very image evaluate_vae's reconstruction is (the decoder's noise: run_noise below)
+    config = tiny_config(decode={"colormap": "jet", "noise": False})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "more.yaml").write_text(yaml.safe_dump({"evaluation": {"seeds": [5]}}))  # merged over run.yaml
     settings = {**config["evaluation"], "seeds": [5]}
@@ -113,9 +120,10 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
     # evaluate_vae's reconstructions of both splits, for the check for copied latents
     rows = {split: read_manifest(tiny_manifest, split) for split in ("train", "val")}
     vae_model = load_vavae(vae, use_vf=None)
+    observation = Observation.from_config(config)
     arrays = {
-        split: reconstruct(
-            vae_model, (item["image"][None] for item in MicroDopplerDataset(tiny_manifest, split, 32, 3))
+        split: observation.observe(
+            reconstruct(vae_model, (item["image"][None] for item in MicroDopplerDataset(tiny_manifest, split, 32, 3)))
         )
         for split in rows
     }
@@ -135,6 +143,21 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
     with pytest.raises(SystemExit, match="ceiling/samples exists"):  # a second run never mixes its images in
         script("decoder_ceiling").main(argv)
     assert report["frechet_distance"]["overall"] >= 0 and 0 <= report["precision_recall"]["recall"] <= 1
+
+    # With decode.noise the reconstructions get the run's noise as samples do, and need its model.
+    noisy = yaml.safe_dump(tiny_config(decode={"colormap": "jet", "noise": True}))
+    (tmp_path / "noisy.yaml").write_text(noisy)
+    argv = [*argv[:-5], "--config", str(tmp_path / "noisy.yaml"), str(tmp_path / "more.yaml"), "--out-dir"]
+    with pytest.raises(SystemExit, match="no fitted noise model"):
+        script("decoder_ceiling").main([*argv, str(tmp_path / "without")])
+    save_noise(tmp_path / "noise.json", NoiseModel((6.0,) * 16, (1000,) * 16, 12), True, "test")
+    noise = ["--decoder-noise", str(tmp_path / "noise.json")]
+    assert script("decoder_ceiling").main([*argv, str(tmp_path / "noisy"), *noise]) == 0
+    clean, drawn = (
+        np.asarray(Image.open(folder / "samples" / "user_00" / "sample_0000.png"), dtype=float)
+        for folder in (out, tmp_path / "noisy")
+    )
+    assert 1 < np.abs(clean - drawn).mean() < 60  # one draw of the noise, on jet's colours
 
 
 def test_judge_resolution_trains_the_recipe_at_each_size_and_judged_size(tiny_manifest, capsys):

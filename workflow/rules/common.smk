@@ -79,6 +79,29 @@ def config_conflicts():
                 f"data.colormap {data['colormap']!r} makes the VA-VAE model 1-channel magnitudes, but "
                 "vae.weight_init is a released VA-VAE, which takes RGB: set data.colormap: null to fine-tune it"
             )
+    decode = config["decode"]
+    if decode["colormap"]:
+        from matplotlib import colormaps
+
+        if decode["colormap"] not in colormaps:
+            problems.append(
+                f"decode.colormap {decode['colormap']!r} is not a matplotlib colour map (e.g. jet, turbo, viridis)"
+            )
+        if data["channels"] != 3:
+            problems.append(
+                f"decode.colormap {decode['colormap']!r} moves RGB colours onto a map: it needs data.channels 3, "
+                f"not {data['channels']} (null for grey files)"
+            )
+        if data["colormap"] and data["colormap"] != decode["colormap"]:
+            problems.append(
+                f"decode.colormap {decode['colormap']!r} differs from data.colormap {data['colormap']!r}, whose "
+                "map the samples are already drawn through: set decode.colormap to the same map or null"
+            )
+    if decode["noise"] and not (data["colormap"] or decode["colormap"] or data["channels"] == 1):
+        problems.append(
+            "decode.noise draws noise on each pixel's magnitude, and RGB files without a colour map have none: "
+            "set decode.colormap (or data.colormap) to the map the files are drawn in, or decode.noise: false"
+        )
     decay_steps = config["dit"]["optimizer"]["decay_steps"]
     max_steps = config["dit"]["trainer"]["max_steps"]
     if decay_steps > max(max_steps, 0):

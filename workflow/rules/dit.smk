@@ -41,6 +41,7 @@ rule sample:
     input:
         dit="results/dit/dit.pt",
         vae="results/vae/vavae.pt",
+        noise="results/vae/decoder_noise.json",
     output:
         grid=report(
             "results/samples/grid.png",
@@ -60,10 +61,10 @@ rule sample:
     params:
         launch=launcher("sample"),
         out_dir=lambda wildcards, output: Path(output.grid).parent,
-        config=stage_config("sample"),
+        config=stage_config("sample", "decode"),
     shell:
-        "{params.launch} -m mdgen.stages.sample --dit {input.dit} --vae {input.vae} --out-dir {params.out_dir}"
-        " --config {params.config:q} > {log} 2>&1"
+        "{params.launch} -m mdgen.stages.sample --dit {input.dit} --vae {input.vae} --decoder-noise {input.noise}"
+        " --out-dir {params.out_dir} --config {params.config:q} > {log} 2>&1"
 
 
 # The low-data study (evaluation.low_data_k): a DiT of its own on k train latents per user, so that
@@ -98,6 +99,7 @@ use rule sample as sample_low_data with:
     input:
         dit="results/lowdata/k{k}/dit/dit.pt",
         vae="results/vae/vavae.pt",
+        noise="results/vae/decoder_noise.json",
     output:
         grid="results/lowdata/k{k}/samples/grid.png",
         users=directory(expand("results/lowdata/k{{k}}/samples/{user}", user=USERS)),

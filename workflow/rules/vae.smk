@@ -46,6 +46,8 @@ rule evaluate_vae:
         # the reconstructions of real train and val as the judges see them: evaluate_generation's
         # check for copied latents
         reconstructions="results/vae/reconstructions.pt",
+        # the decoder's noise model (decode.noise), fitted on train: the sample rules draw from it
+        noise="results/vae/decoder_noise.json",
         figure=report(
             "results/vae/reconstructions.png",
             caption="../report/vae_reconstructions.rst",
@@ -63,8 +65,9 @@ rule evaluate_vae:
     params:
         # The identity table trains the evaluation classifier (the judges evaluate_generation
         # reuses): its seeds and recipe.
-        config=stage_config("vae", evaluation=("seeds", "classifier")),
+        config=stage_config("vae", "decode", evaluation=("seeds", "classifier")),
     shell:
         "python -m mdgen.stages.evaluate_vae --manifest {input.manifest} --vae {input.vae}"
         " --config {params.config:q} --out-json {output.metrics} --out-png {output.figure}"
-        " --out-judges {output.judges} --out-reconstructions {output.reconstructions} > {log} 2>&1"
+        " --out-judges {output.judges} --out-reconstructions {output.reconstructions}"
+        " --out-noise {output.noise} > {log} 2>&1"

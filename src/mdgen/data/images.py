@@ -50,13 +50,9 @@ def colormap_table(name: str) -> np.ndarray:
     return table
 
 
-def invert_colormap(rgb: np.ndarray, name: str, tolerance: float = COLORMAP_TOLERANCE) -> np.ndarray:
-    """(H, W, 3) uint8 colours of map `name` -> (H, W) uint8 magnitudes (the nearest table entry).
-
-    Where two entries share a colour the lower index is taken, so every colour of the table comes
-    back exactly through `apply_colormap`. Pixels farther than `tolerance` from the table raise a
-    ConversionError that counts them and shows the worst one.
-    """
+def _nearest_entries(rgb: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The nearest table entry of every distinct colour of `rgb` (..., 3) uint8: (entries, their
+    distances, the distinct colours, each pixel's index into them). Ties go to the lower index."""
     table = colormap_table(name).astype(np.int32)
     packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
     colours, inverse = np.unique(packed, return_inverse=True)  # a spectrogram has few distinct colours
@@ -67,17 +63,35 @@ def invert_colormap(rgb: np.ndarray, name: str, tolerance: float = COLORMAP_TOLE
         squared = ((unique_rgb[chunk, None, :] - table[None]) ** 2).sum(-1)  # (colours, 256)
         nearest[chunk] = squared.argmin(1)
         distance[chunk] = np.sqrt(squared.min(1))
-    off = distance > tolerance
+    return nearest, distance, unique_rgb, inverse.reshape(packed.shape)
+
+
+def invert_colormap(rgb: np.ndarray, name: str, tolerance: float | None = COLORMAP_TOLERANCE) -> np.ndarray:
+    """(..., 3) uint8 colours of map `name` -> (...) uint8 magnitudes (the nearest table entry).
+
+    Where two entries share a colour the lower index is taken, so every colour of the table comes
+    back exactly through `apply_colormap`. Pixels farther than `tolerance` from the table raise a
+    ConversionError that counts them and shows the worst one; `tolerance=None` accepts any colour
+    (a decoder's output, which only approaches the map's colours).
+    """
+    nearest, distance, unique_rgb, inverse = _nearest_entries(rgb, name)
+    off = distance > tolerance if tolerance is not None else np.zeros(len(distance), bool)
     if off.any():
-        counts = np.bincount(inverse.ravel(), minlength=len(colours))
+        counts = np.bincount(inverse.ravel(), minlength=len(distance))
         worst = int(np.argmax(distance))
         raise ConversionError(
-            f"{int(counts[off].sum()):,} of {packed.size:,} pixels are not colours of the {name} map (worst: RGB "
+            f"{int(counts[off].sum()):,} of {inverse.size:,} pixels are not colours of the {name} map (worst: RGB "
             f"{tuple(int(v) for v in unique_rgb[worst])}, {distance[worst]:.0f} from the nearest of its "
             f"256 colours; at most {tolerance:g} is accepted): save the spectrograms as lossless {name}-mapped "
             "PNGs at their own size, or set data.colormap: null to model the RGB colours as they are"
         )
-    return nearest.astype(np.uint8)[inverse.reshape(packed.shape)]
+    return nearest.astype(np.uint8)[inverse]
+
+
+def off_colormap_fraction(rgb: np.ndarray, name: str, tolerance: float = COLORMAP_TOLERANCE) -> float:
+    """The fraction of `rgb`'s pixels farther than `tolerance` from every colour of map `name`."""
+    _, distance, _, inverse = _nearest_entries(rgb, name)
+    return float((distance > tolerance)[inverse].mean())
 
 
 def apply_colormap(magnitudes: np.ndarray, name: str) -> np.ndarray:

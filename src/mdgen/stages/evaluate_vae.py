@@ -28,6 +28,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from mdgen.config import load_config
 from mdgen.data.dataset import class_label, MicroDopplerDataset, to_uint8
+from mdgen.data.images import off_colormap_fraction
+from mdgen.data.observation import NoiseModel, Observation, save_noise
 from mdgen.data.validation import read_manifest, SPLITS
 from mdgen.evaluation.classifier import load_images, Recipe
 from mdgen.evaluation.identity import (
@@ -46,6 +48,10 @@ from mdgen.progress import progress, say
 from mdgen.training import device_from_config
 
 USERS_SHOWN = 8
+NOISE_SEED = 0  # the reconstructions' one draw of the decoder's noise
+# Resizing a colour-mapped file to data.size mixes neighbouring colours; jet's are mixed along its
+# table, other maps' less so. More pixels off the map than this: the files are not in that map.
+MAX_OFF_COLORMAP = 0.10
 
 
 def initial_model(config: dict) -> tuple[VAVAE, str]:
@@ -111,11 +117,14 @@ def identity(
     batch_size: int,
     judges_path: Path | None,
     reconstructions_path: Path | None = None,
+    noise_path: Path | None = None,
 ) -> dict:
     """Does the person survive the autoencoder? The evaluation classifier (real judge) on real val
     and on its reconstructions, and a judge trained on reconstructions (see mdgen.evaluation.identity).
-    The real judges are saved to `judges_path` and the reconstructions of both splits, as the judges
-    see them, to `reconstructions_path`, for evaluate_generation."""
+    The reconstructions (`recon_val`: of val, as decoded) become files as samples do (the `decode`
+    steps, whose noise model is fitted here on train and saved to `noise_path`). The real judges are
+    saved to `judges_path` and the reconstructions of both splits, as the judges see them, to
+    `reconstructions_path`, for evaluate_generation."""
     settings, data = config["evaluation"], config["data"]
     recipe = Recipe(**settings["classifier"])
     rows = {split: read_manifest(manifest, split) for split in SPLITS}
@@ -125,12 +134,14 @@ def identity(
     if judges_path is not None:
         save_judges(judges_path, judges, recipe, rows["train"], data["num_classes"], data["channels"])
     train = MicroDopplerDataset(manifest, "train", data["size"], data["channels"], colormap=data["colormap"])
-    batches = (batch["image"] for batch in DataLoader(train, batch_size=batch_size, shuffle=False))
-    recon_train = reconstruct(
-        vae,
-        progress(batches, desc="reconstructing train", total=-(-len(train) // batch_size), unit="batch"),
-        data["colormap"],
-    )
+    recordings, recon_train = [], []
+    loader = DataLoader(train, batch_size=batch_size, shuffle=False)
+    for batch in progress(loader, desc="reconstructing train", unit="batch"):
+        recordings += to_uint8(batch["image"], data["colormap"])
+        recon_train += reconstruct(vae, [batch["image"]], data["colormap"])
+    observation = decoder_observation(config, recordings, recon_train, noise_path)
+    rng = np.random.default_rng(NOISE_SEED)
+    recon_train, recon_val = observation.observe(recon_train, rng), observation.observe(recon_val, rng)
     if reconstructions_path is not None:
         save_reconstructions(reconstructions_path, {"train": recon_train, "val": recon_val}, rows, recipe.size)
     return reconstruction_identity(
@@ -143,6 +154,33 @@ def identity(
         recipe,
         recon_train_x=judge_view(recon_train, recipe.size),
     )
+
+
+def decoder_observation(config: dict, recordings: list, reconstructions: list, noise_path: Path | None) -> Observation:
+    """The `decode` steps for this VA-VAE: the noise model fitted on the train split's recordings
+    and reconstructions (uint8 arrays, as the files hold them) wherever the files have a magnitude,
+    saved to `noise_path`. A decode.colormap the recordings are not drawn in is refused: snapping
+    their samples onto it would repaint them."""
+    settings = Observation(config["data"]["colormap"], config["decode"]["colormap"], config["data"]["channels"])
+    if settings.colormap:
+        off = off_colormap_fraction(np.stack(recordings), settings.colormap)
+        if off > MAX_OFF_COLORMAP:
+            raise SystemExit(
+                f"decode.colormap {settings.colormap!r}: {off:.0%} of the train recordings' pixels (at data.size) are "
+                f"not colours of that map (at most {MAX_OFF_COLORMAP:.0%} allowed for resizing): set decode.colormap "
+                "to the map the files are drawn in, or null"
+            )
+    noise, note = None, "the files have no magnitude (RGB without data.colormap or decode.colormap): no noise model"
+    if settings.has_magnitude:
+        noise = NoiseModel.fit(settings.magnitudes(recordings), settings.magnitudes(reconstructions))
+        spread = ", ".join(f"{s:.1f}" for s in noise.std)
+        note = f"recordings - reconstructions (posterior mean) of {noise.images} train images"
+        say(f"Decoder noise (std of recording - reconstruction per band of 16 magnitude levels): {spread}")
+    if noise_path is not None:
+        save_noise(noise_path, noise, applied=config["decode"]["noise"], note=note)
+    observation = Observation.from_config(config, noise)
+    say(f"Reconstructions written as samples are: {observation.describe()}")
+    return observation
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -165,12 +203,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="results/vae/reconstructions.pt: the reconstructions of real train and val as the judges see them, for "
         "evaluate_generation's check for copied latents (not written without it)",
     )
+    p.add_argument(
+        "--out-noise",
+        type=Path,
+        default=None,
+        help="results/vae/decoder_noise.json: the decoder's noise model fitted on train, for sample (decode.noise)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = load_config(args.config, "data", "vae", "evaluation")
+    config = load_config(args.config, "data", "vae", "evaluation", "decode")
     size, channels, colormap = config["data"]["size"], config["data"]["channels"], config["data"]["colormap"]
     dataset = MicroDopplerDataset(args.manifest, "val", size, channels, colormap=colormap)
     loader = DataLoader(dataset, batch_size=config["vae"]["batch_size"], shuffle=False)
@@ -199,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         config["vae"]["batch_size"],
         args.out_judges,
         args.out_reconstructions,
+        args.out_noise,
     )
     say(f"Identity ({table['judge']}; chance {table['chance']:.3f}):")
     for key, label in (
@@ -232,9 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         for u in shown
     ]
     image_grid(rows, shown, ["input", *models], args.out_png, title="VA-VAE reconstructions (val)")
-    also = [f"the judges to {args.out_judges}"] * bool(args.out_judges) + [
-        f"the reconstructions to {args.out_reconstructions}"
-    ] * bool(args.out_reconstructions)
+    also = (
+        [f"the judges to {args.out_judges}"] * bool(args.out_judges)
+        + [f"the reconstructions to {args.out_reconstructions}"] * bool(args.out_reconstructions)
+        + [f"the decoder's noise model to {args.out_noise}"] * bool(args.out_noise)
+    )
     say(f"Wrote {args.out_json}, {args.out_png}" + "".join(f", {item}" for item in also))
     return 0
 

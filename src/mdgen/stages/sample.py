@@ -4,7 +4,9 @@
         --config config/config.yaml
 
 For each user: noise → ODE sampler (Euler or Heun, time-shifted grid) with classifier-free guidance
-→ latents de-normalised with the statistics of the store the DiT trained on → decoded images.
+→ latents de-normalised with the statistics of the store the DiT trained on → decoded images → the
+`decode` steps (mdgen.data.observation: colours onto the files' colour map, the decoder's noise drawn
+from --decoder-noise).
 Writes `<out-dir>/user_NN/sample_XXXX.png` (the input's size and channels, so the folder can sit
 next to the real train/ as augmentation data) and `<out-dir>/grid.png` (one row per user). Each
 user's noise comes from its own seed, so the same seed gives the same images, and another batch
@@ -28,7 +30,7 @@ from lightning_fabric import Fabric
 from PIL import Image
 
 from mdgen.config import load_config
-from mdgen.data.dataset import to_uint8
+from mdgen.data.observation import load_noise, Observation
 from mdgen.data.validation import user_id
 from mdgen.io import atomic_output
 from mdgen.launch import die_with_launcher
@@ -43,6 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dit", type=Path, required=True, help="results/dit/dit.pt")
     p.add_argument("--vae", type=Path, required=True, help="results/vae/vavae.pt (the decoder)")
+    p.add_argument(
+        "--decoder-noise",
+        type=Path,
+        default=None,
+        help="results/vae/decoder_noise.json (evaluate_vae's): the noise decode.noise draws",
+    )
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--config", required=True, help="JSON/YAML text or file with the data and sample sections")
     return p.parse_args(argv)
@@ -56,7 +64,7 @@ def sample_files(folder: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
     args = parse_args(argv)
-    config = load_config(args.config, "data", "sample")
+    config = load_config(args.config, "data", "sample", "decode")
     settings = config["sample"]
     processes = settings["devices"] * settings["num_nodes"]
     fabric = Fabric(
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     model, dit_config = load_dit(args.dit, settings["use_ema"])
     model = model.to(fabric.device)
     vae = load_vavae(args.vae, use_vf=None).eval().to(fabric.device)
+    observation = Observation.from_config(config, load_noise(args.decoder_noise))
     stats = dit_config["latent_stats"]
     mean = torch.tensor(stats["mean"], device=fabric.device).view(-1, 1, 1)
     std = torch.tensor(stats["std"], device=fabric.device).view(-1, 1, 1)
@@ -80,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Sampling {settings['per_user']} spectrograms for each of {num_users} users: {settings['sampling_method']}, "
         f"{settings['num_sampling_steps']} steps, time shift {settings['timestep_shift']}, cfg {settings['cfg_scale']} "
         f"from t > {settings['cfg_interval_start']} on {settings['guidance_channels'] or 'all'} channels, "
-        f"{'EMA' if settings['use_ema'] else 'raw'} weights; seed {settings['seed']}; "
+        f"{'EMA' if settings['use_ema'] else 'raw'} weights; seed {settings['seed']}; decoded images "
+        f"{observation.describe()}; "
         f"{fabric.world_size} process(es) on {fabric.device.type}"
     )
 
@@ -94,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for user in bar:
         decoded = sample_user(model, vae, user, settings["per_user"], settings, latent_shape, mean, std)
-        images = to_uint8(decoded, config["data"]["colormap"])  # the files' layout: RGB for a colour map
+        # the files' layout (RGB for a colour map); the user's own draw of the decoder's noise
+        images = observation(decoded, np.random.default_rng([settings["seed"], user]))
         folder = args.out_dir / user_id(user)
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
