@@ -20,12 +20,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from mdgen.config import deep_update, load_config
-from mdgen.data.observation import load_noise, Observation
+from mdgen.data.observation import load_noise, noise_rng, Observation
 from mdgen.evaluation.classifier import predict, Recipe
 from mdgen.evaluation.identity import judge_view, probe_judges
 from mdgen.models.lightningdit import load_dit
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(json.dumps(merged), "data", "sample", "evaluation", "decode")
     noise_file = results / "vae" / "decoder_noise.json"
     observation = Observation.from_config(config, load_noise(noise_file if noise_file.exists() else None))
-    rng = np.random.default_rng(config["sample"]["seed"])
+    rng = noise_rng("samples", config["sample"]["seed"])
     settings = dict(config["sample"])
     settings["num_sampling_steps"] = args.steps or settings["num_sampling_steps"]
     if args.interval_start is not None:

@@ -27,14 +27,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image
 
 from mdgen.config import deep_update, load_config
 from mdgen.data.dataset import MicroDopplerDataset
-from mdgen.data.observation import load_noise, NoiseModel, Observation
+from mdgen.data.observation import load_noise, noise_rng, NoiseModel, Observation
 from mdgen.io import atomic_output
 from mdgen.models.vavae import load_vavae
 from mdgen.stages import evaluate_generation
@@ -55,7 +54,7 @@ def write_reconstructions(
     data = config["data"]
     colormap = data.get("colormap")
     observation = Observation.from_config(config, noise)
-    rng = np.random.default_rng(config["sample"]["seed"])
+    rng = noise_rng("ceiling", config["sample"]["seed"])  # not the reconstructions' draw: a copy, not the same file
     images = MicroDopplerDataset(manifest, "train", data["size"], data["channels"], colormap=colormap)
     vae = load_vavae(vae_path, use_vf=None).eval()
     counts: dict[str, int] = {}

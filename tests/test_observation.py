@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mdgen.data.images import apply_colormap, colormap_table, invert_colormap, off_colormap_fraction
-from mdgen.data.observation import load_noise, NoiseModel, Observation, save_noise
+from mdgen.data.observation import load_noise, noise_rng, NoiseModel, Observation, save_noise
 
 
 def smooth_magnitudes(n=8, size=32, seed=0) -> np.ndarray:
@@ -93,3 +93,21 @@ def test_the_config_must_give_noise_a_fitted_model():
     assert quiet.noise is None and quiet.describe() == "colours moved onto the jet map"
     with pytest.raises(ValueError, match="no magnitude"):
         Observation(None, None, 3).magnitudes([np.zeros((4, 4, 3), np.uint8)])
+
+
+def test_each_use_of_the_noise_draws_from_its_own_stream():
+    # numpy's default_rng(0) and default_rng([0, 0]) are one generator: plain seeds would give user
+    # 0's samples the noise of the first train reconstructions
+    first = {
+        name: noise_rng(*key).standard_normal(4).tobytes()
+        for name, key in {
+            "reconstructions": ("reconstructions",),
+            "user 0": ("samples", 0, 0),
+            "user 1": ("samples", 0, 1),
+            "seed 1": ("samples", 1, 0),
+            "ceiling": ("ceiling", 0),
+        }.items()
+    }
+    assert len(set(first.values())) == len(first)
+    assert np.random.default_rng(0).standard_normal(4).tobytes() not in first.values()
+    assert noise_rng("samples", 0, 3).standard_normal(4).tobytes() == noise_rng("samples", 0, 3).standard_normal(4).tobytes()

@@ -159,6 +159,18 @@ class Observation:
         return ", ".join(steps) or "as decoded"
 
 
+# Each use of the noise draws from its own stream: numpy's default_rng(0) and default_rng([0, 0])
+# are the same generator, so plain seeds would give user 0's samples the very noise of the first
+# train reconstructions, and a perfect generator's the noise of all of them.
+NOISE_STREAMS = {"reconstructions": 1, "samples": 2, "ceiling": 3}
+
+
+def noise_rng(purpose: str, *keys: int) -> np.random.Generator:
+    """The random generator of one use of the decoder's noise (NOISE_STREAMS: reconstructions,
+    samples, ceiling) and its keys (e.g. sample.seed and the user)."""
+    return np.random.default_rng([NOISE_STREAMS[purpose], *keys])
+
+
 def save_noise(path: Path, noise: NoiseModel | None, applied: bool, note: str) -> None:
     """results/vae/decoder_noise.json: the fitted model (null where the files have no magnitude),
     whether decode.noise applies it, and how it was fitted."""

@@ -29,7 +29,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from mdgen.config import load_config
 from mdgen.data.dataset import class_label, MicroDopplerDataset, to_uint8
 from mdgen.data.images import off_colormap_fraction
-from mdgen.data.observation import NoiseModel, Observation, save_noise
+from mdgen.data.observation import noise_rng, NoiseModel, Observation, save_noise
 from mdgen.data.validation import read_manifest, SPLITS
 from mdgen.evaluation.classifier import load_images, Recipe
 from mdgen.evaluation.identity import (
@@ -48,7 +48,6 @@ from mdgen.progress import progress, say
 from mdgen.training import device_from_config
 
 USERS_SHOWN = 8
-NOISE_SEED = 0  # the reconstructions' one draw of the decoder's noise
 # Resizing a colour-mapped file to data.size mixes neighbouring colours; jet's are mixed along its
 # table, other maps' less so. More pixels off the map than this: the files are not in that map.
 MAX_OFF_COLORMAP = 0.10
@@ -140,7 +139,7 @@ def identity(
         recordings += to_uint8(batch["image"], data["colormap"])
         recon_train += reconstruct(vae, [batch["image"]], data["colormap"])
     observation = decoder_observation(config, recordings, recon_train, noise_path)
-    rng = np.random.default_rng(NOISE_SEED)
+    rng = noise_rng("reconstructions")  # one fixed draw
     recon_train, recon_val = observation.observe(recon_train, rng), observation.observe(recon_val, rng)
     if reconstructions_path is not None:
         save_reconstructions(reconstructions_path, {"train": recon_train, "val": recon_val}, rows, recipe.size)

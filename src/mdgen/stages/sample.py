@@ -30,7 +30,7 @@ from lightning_fabric import Fabric
 from PIL import Image
 
 from mdgen.config import load_config
-from mdgen.data.observation import load_noise, Observation
+from mdgen.data.observation import load_noise, noise_rng, Observation
 from mdgen.data.validation import user_id
 from mdgen.io import atomic_output
 from mdgen.launch import die_with_launcher
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for user in bar:
         decoded = sample_user(model, vae, user, settings["per_user"], settings, latent_shape, mean, std)
         # the files' layout (RGB for a colour map); the user's own draw of the decoder's noise
-        images = observation(decoded, np.random.default_rng([settings["seed"], user]))
+        images = observation(decoded, noise_rng("samples", settings["seed"], user))
         folder = args.out_dir / user_id(user)
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
