@@ -160,6 +160,15 @@ def test_default_config_plans_the_whole_dag():
             "data.colormap 'jet' describes RGB files: it needs data.channels 3",
         ),
         ({"data": {"colormap": "jett"}}, "data.colormap 'jett' is not a matplotlib colour map"),
+        ({"decode": {"colormap": "jett"}}, "decode.colormap 'jett' is not a matplotlib colour map"),
+        (
+            {"decode": {"colormap": None, "noise": True}},
+            "decode.noise draws noise on each pixel's magnitude, and RGB files without a colour map have none",
+        ),
+        (
+            {"data": {"colormap": "viridis"}, "decode": {"colormap": "jet"}},
+            "decode.colormap 'jet' differs from data.colormap 'viridis'",
+        ),
         (
             {"data": {"colormap": "jet"}, "vae": {"weight_init": "released.pt"}},
             "vae.weight_init is a released VA-VAE, which takes RGB: set data.colormap: null",

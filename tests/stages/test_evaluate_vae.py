@@ -3,6 +3,7 @@ is lost (the identity table)."""
 
 import json
 
+import pytest
 import torch
 from conftest import finetune, tiny_config
 
@@ -52,7 +53,12 @@ def test_evaluate_vae_writes_the_identity_table(tiny_manifest, tmp_path):
     judges = tmp_path / "judges.pt"
     outputs = ["--out-json", str(out), "--out-png", str(tmp_path / "recon.png"), "--out-judges", str(judges)]
     outputs += ["--out-reconstructions", str(tmp_path / "reconstructions.pt")]
+    outputs += ["--out-noise", str(tmp_path / "noise.json")]
     assert evaluate([*args, *outputs]) == 0
+    # the decoder's noise (decode.noise is on in the default), fitted on the 12 train images
+    noise = json.loads((tmp_path / "noise.json").read_text())
+    assert noise["applied"] and noise["model"]["images"] == 12 and len(noise["model"]["std"]) == 16
+    assert all(s > 0 for s in noise["model"]["std"])
     table = json.loads(out.read_text())["identity"]
     assert table["judge"].startswith("evaluation classifier (cnn, 32 px) trained on real train, seeds [0, 1]")
     for key in ("real_val", "reconstructions", "reconstruction_judge"):
@@ -73,3 +79,12 @@ def test_evaluate_vae_writes_the_identity_table(tiny_manifest, tmp_path):
     assert [accuracy(loaded[seed], decoded["val"], val_y) for seed in settings["seeds"]] == table["reconstructions"][
         "runs"
     ]
+
+
+def test_evaluate_vae_refuses_a_decode_colormap_the_recordings_are_not_in(tiny_manifest, tmp_path):
+    config = tiny_config(decode={"colormap": "viridis"})  # the simulated recordings are jet
+    save_official(tmp_path / "vavae.pt", VAVAE(**vavae_kwargs(config)), {"model": vavae_kwargs(config), **config})
+    args = ["--manifest", str(tiny_manifest), "--vae", str(tmp_path / "vavae.pt"), "--config", json.dumps(config)]
+    with pytest.raises(SystemExit, match="decode.colormap 'viridis': .* of the val recordings' pixels"):
+        evaluate([*args, "--out-json", str(tmp_path / "eval.json"), "--out-png", str(tmp_path / "recon.png")])
+    assert not (tmp_path / "eval.json").exists()

@@ -155,20 +155,28 @@ def identity(
     )
 
 
+def check_decode_colormap(config: dict, images: MicroDopplerDataset) -> None:
+    """Refuse a decode.colormap the val recordings (`images`, at data.size) are not drawn in: moving
+    their samples' colours onto it would repaint them. With data.colormap validation has checked
+    every file against that map already."""
+    data, colormap = config["data"], config["decode"]["colormap"]
+    if not colormap or data["colormap"]:
+        return
+    arrays = to_uint8(torch.stack([images[i]["image"] for i in range(len(images))]))
+    off = off_colormap_fraction(np.stack(arrays), colormap)
+    if off > MAX_OFF_COLORMAP:
+        raise SystemExit(
+            f"decode.colormap {colormap!r}: {off:.0%} of the val recordings' pixels (at data.size) are not "
+            f"colours of that map (at most {MAX_OFF_COLORMAP:.0%} allowed for resizing): set decode.colormap to the "
+            "map the files are drawn in, or null"
+        )
+
+
 def decoder_observation(config: dict, recordings: list, reconstructions: list, noise_path: Path | None) -> Observation:
     """The `decode` steps for this VA-VAE: the noise model fitted on the train split's recordings
     and reconstructions (uint8 arrays, as the files hold them) wherever the files have a magnitude,
-    saved to `noise_path`. A decode.colormap the recordings are not drawn in is refused: snapping
-    their samples onto it would repaint them."""
+    saved to `noise_path`."""
     settings = Observation(config["data"]["colormap"], config["decode"]["colormap"], config["data"]["channels"])
-    if settings.colormap:
-        off = off_colormap_fraction(np.stack(recordings), settings.colormap)
-        if off > MAX_OFF_COLORMAP:
-            raise SystemExit(
-                f"decode.colormap {settings.colormap!r}: {off:.0%} of the train recordings' pixels (at data.size) are "
-                f"not colours of that map (at most {MAX_OFF_COLORMAP:.0%} allowed for resizing): set decode.colormap "
-                "to the map the files are drawn in, or null"
-            )
     noise, note = None, "the files have no magnitude (RGB without data.colormap or decode.colormap): no noise model"
     if settings.has_magnitude:
         noise = NoiseModel.fit(settings.magnitudes(recordings), settings.magnitudes(reconstructions))
@@ -216,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, "data", "vae", "evaluation", "decode")
     size, channels, colormap = config["data"]["size"], config["data"]["channels"], config["data"]["colormap"]
     dataset = MicroDopplerDataset(args.manifest, "val", size, channels, colormap=colormap)
+    check_decode_colormap(config, dataset)  # before anything is trained
     loader = DataLoader(dataset, batch_size=config["vae"]["batch_size"], shuffle=False)
     device = device_from_config(config["vae"]["trainer"]["accelerator"])
     seen = f"{colormap} map inverted: PSNR and SSIM of the 1-channel magnitude" if colormap else f"× {channels}"
