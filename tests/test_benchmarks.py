@@ -66,7 +66,7 @@ def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_scale(tiny_manifest,
     from mdgen.stages import train_dit
 
     latents, vae = tiny_latents
-    config = tiny_config(dit={"trainer": {"max_steps": 2}})
+    config = tiny_config(dit={"trainer": {"max_steps": 2}}, decode={"colormap": "jet", "noise": True})
     results = tmp_path / "results"
     (results / "dataset").mkdir(parents=True)
     (results / "vae").mkdir()
@@ -75,7 +75,7 @@ def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_scale(tiny_manifest,
     argv = ["--latents", str(latents), "--vae", str(vae), "--out-dir", str(results / "dit"), "--config"]
     assert train_dit.main([*argv, json.dumps(config)]) == 0
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    # the run's decoder noise (decode.noise is on in the default), which the samples are drawn with
+    # the run's decoder noise (decode.noise), which the swept samples are drawn with
     save_noise(results / "vae" / "decoder_noise.json", NoiseModel((4.0,) * 16, (1000,) * 16, 12), True, "test")
     capsys.readouterr()
 
@@ -108,7 +108,7 @@ def test_decoder_ceiling_evaluates_the_reconstructions_of_train_as_samples(tiny_
 
     _, vae = tiny_latents
     # colours moved onto jet, as the default does; no noise, so that a reconstruction written as a
-    # sample is the very image evaluate_vae's reconstruction is (the decoder's noise: run_noise below)
+    # sample is the very image evaluate_vae's reconstruction is (with the decoder's noise: below)
     config = tiny_config(decode={"colormap": "jet", "noise": False})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "more.yaml").write_text(yaml.safe_dump({"evaluation": {"seeds": [5]}}))  # merged over run.yaml

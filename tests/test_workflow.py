@@ -275,7 +275,7 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tiny_run, tmp_path):
         "evaluation": ({"evaluation": {"knn_k": 2}}, STAGES[7:]),
         "sample": ({"sample": {"cfg_scale": 2.0}}, STAGES[6:]),
         # the reconstructions and the samples are written through the decode steps; nothing is retrained
-        "decode": ({"decode": {"noise": False}}, ["evaluate_vae", "sample", "evaluate_generation"]),
+        "decode": ({"decode": {"noise": True}}, ["evaluate_vae", "sample", "evaluate_generation"]),
         "dit": ({"dit": {"ema_decay": 0.5}}, STAGES[5:]),
         "latents": ({"latents": {"sample_posterior": False}}, STAGES[4:]),
         "vae": ({"vae": {"base_learning_rate": 1e-4}}, STAGES[2:]),

@@ -46,7 +46,10 @@ def test_evaluate_vae_compares_initial_and_fine_tuned(tiny_manifest, tmp_path):
 
 
 def test_evaluate_vae_writes_the_identity_table(tiny_manifest, tmp_path):
-    config = tiny_config(evaluation={"seeds": [0, 1], "classifier": {"epochs": 5, "size": 32, "batch_size": 4}})
+    config = tiny_config(
+        evaluation={"seeds": [0, 1], "classifier": {"epochs": 5, "size": 32, "batch_size": 4}},
+        decode={"colormap": "jet", "noise": True},
+    )
     save_official(tmp_path / "vavae.pt", VAVAE(**vavae_kwargs(config)), {"model": vavae_kwargs(config), **config})
     out = tmp_path / "eval.json"
     args = ["--manifest", str(tiny_manifest), "--vae", str(tmp_path / "vavae.pt"), "--config", json.dumps(config)]
@@ -55,7 +58,7 @@ def test_evaluate_vae_writes_the_identity_table(tiny_manifest, tmp_path):
     outputs += ["--out-reconstructions", str(tmp_path / "reconstructions.pt")]
     outputs += ["--out-noise", str(tmp_path / "noise.json")]
     assert evaluate([*args, *outputs]) == 0
-    # the decoder's noise (decode.noise is on in the default), fitted on the 12 train images
+    # the decoder's noise, fitted on the 12 train images
     noise = json.loads((tmp_path / "noise.json").read_text())
     assert noise["applied"] and noise["model"]["images"] == 12 and len(noise["model"]["std"]) == 16
     assert all(s > 0 for s in noise["model"]["std"])

@@ -187,6 +187,11 @@ def decoder_observation(config: dict, recordings: list, reconstructions: list, n
         save_noise(noise_path, noise, applied=config["decode"]["noise"], note=note)
     observation = Observation.from_config(config, noise)
     say(f"Reconstructions written as samples are: {observation.describe()}")
+    if observation.noise is not None:
+        say(
+            "Note: under decode.noise the copy check through the decoder cannot see copied latents (a perfect "
+            "copier's samples are flagged 5 %, not 100 %, on the study preset): docs/evaluation.md"
+        )
     return observation
 
 
