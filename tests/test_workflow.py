@@ -195,11 +195,13 @@ def test_nested_command_line_values_get_the_schema_types(tmp_path):
         "--config",
         'data={"size": 64, "channels": 1}',
         'evaluation={"low_data_k": [4]}',
+        'decode={"colormap": null}',  # grey files have no colour map (the default's is jet)
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert '"channels": 1' in output and '"size": 64' in output and "--per-user 4" in output
+    assert '"decode": {"colormap": null' in output
 
 
 def test_schema_fills_defaults(tmp_path):
@@ -275,7 +277,7 @@ def test_tiny_pipeline_runs_and_then_has_nothing_to_do(tiny_run, tmp_path):
         "evaluation": ({"evaluation": {"knn_k": 2}}, STAGES[7:]),
         "sample": ({"sample": {"cfg_scale": 2.0}}, STAGES[6:]),
         # the reconstructions and the samples are written through the decode steps; nothing is retrained
-        "decode": ({"decode": {"noise": True}}, ["evaluate_vae", "sample", "evaluate_generation"]),
+        "decode": ({"decode": {"colormap": "jet", "noise": True}}, ["evaluate_vae", "sample", "evaluate_generation"]),
         "dit": ({"dit": {"ema_decay": 0.5}}, STAGES[5:]),
         "latents": ({"latents": {"sample_posterior": False}}, STAGES[4:]),
         "vae": ({"vae": {"base_learning_rate": 1e-4}}, STAGES[2:]),
@@ -374,6 +376,8 @@ def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):
         "dit": TINY["dit"] | {"repa": {"weight": 0.5, "depth": 1, "projector_dim": 16}},
         "evaluation": TINY["evaluation"] | {"low_data_k": [2]},
         "logging": {"fidelity_every_n_steps": 10, "fidelity_per_user": 1},
+        # the decoder's noise fitted by evaluate_vae and drawn by both sample rules
+        "decode": {"colormap": "jet", "noise": True},
     }
     result = snakemake(tmp_path, "--cores", "2", config=config)
     assert result.returncode == 0, result.stderr + (tmp_path / "results/logs").joinpath("train_dit.log").read_text()
@@ -389,6 +393,10 @@ def test_tiny_pipeline_with_alignment_and_the_low_data_study(tmp_path):
     assert any(row.get("probe/fidelity") for row in read_csv(tmp_path / "results/dit/metrics.csv"))
     generation = json.loads((tmp_path / "results/eval/generation.json").read_text())
     assert generation["teacher_saw"] == "real_train" and generation["low_data"]["k2"]["teacher_saw"] == "k2"
+    noise = json.loads((tmp_path / "results/vae/decoder_noise.json").read_text())
+    assert noise["applied"] and noise["model"]["images"] == 12 and len(noise["model"]["std"]) == 16
+    for log in ("sample.log", "sample_k2.log"):
+        assert "noise fitted on 12 train images drawn" in (tmp_path / "results/logs" / log).read_text(), log
     assert generation["teachers"]["k2"]["fingerprint"] == low_data_teacher["fingerprint"]
     # the models saw 1-channel magnitudes; the samples are RGB files in jet's colours
     assert vae["config"]["model"]["in_channels"] == vae["config"]["model"]["out_ch"] == 1

@@ -23,6 +23,9 @@ def typed_cli_values(value, schema):
     types = [types] if isinstance(types, str) else types
     if isinstance(value, str) and (types or "enum" in schema) and "string" not in types:
         return yaml.safe_load(value)
+    # decode='{"colormap": null}' arrives as the string 'null'
+    if value == "null" and "null" in types:
+        return None
     return value
 
 
@@ -97,7 +100,9 @@ def config_conflicts():
                 f"decode.colormap {decode['colormap']!r} differs from data.colormap {data['colormap']!r}, whose "
                 "map the samples are already drawn through: set decode.colormap to the same map or null"
             )
-    if decode["noise"] and not (data["colormap"] or decode["colormap"] or data["channels"] == 1):
+    if decode["noise"] and not (
+        data["colormap"] or decode["colormap"] or data["channels"] == 1
+    ):
         problems.append(
             "decode.noise draws noise on each pixel's magnitude, and RGB files without a colour map have none: "
             "set decode.colormap (or data.colormap) to the map the files are drawn in, or decode.noise: false"
