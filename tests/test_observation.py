@@ -48,6 +48,8 @@ def test_the_noise_model_round_trips_through_its_file(tmp_path):
     assert load_noise(tmp_path / "noise.json") == model
     save_noise(tmp_path / "none.json", None, applied=False, note="RGB without a colour map")
     assert load_noise(tmp_path / "none.json") is None and load_noise(None) is None
+    with pytest.raises(ValueError, match="16 bands of 16 levels"):  # another layout is refused, not misread
+        NoiseModel.from_json(model.to_json() | {"band": 8})
 
 
 def test_decoded_colours_are_moved_onto_the_map():
