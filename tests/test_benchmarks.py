@@ -58,11 +58,15 @@ def test_dit_speed_names_a_folder_that_is_not_a_lightningdit_checkout(tmp_path, 
         script("dit_speed").main(["--no-vae", "--out", str(tmp_path / "x.json")])
 
 
-def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_scale(tiny_manifest, tiny_latents, tmp_path, capsys):
+def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_setting(tiny_manifest, tiny_latents, tmp_path, capsys):
     import yaml
     from conftest import tiny_config
 
-    from mdgen.data.observation import NoiseModel, save_noise
+    from mdgen.data.dataset import MicroDopplerDataset
+    from mdgen.data.observation import NoiseModel, Observation, save_noise
+    from mdgen.data.validation import read_manifest
+    from mdgen.evaluation.identity import reconstruct, save_reconstructions
+    from mdgen.models.vavae import load_vavae
     from mdgen.stages import train_dit
 
     latents, vae = tiny_latents
@@ -80,11 +84,33 @@ def test_cfg_sweep_judges_samples_of_a_finished_run_at_each_scale(tiny_manifest,
     capsys.readouterr()
 
     sweep = ["--run", str(tmp_path), "--config", str(tmp_path / "run.yaml"), "--scales", "1", "3", "--per-user", "2"]
-    assert script("cfg_sweep").main([*sweep, "--steps", "2"]) == 0
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert [row[0].strip() for row in rows[1:]] == ["1", "3"]  # after the header
+    assert script("cfg_sweep").main([*sweep, "--steps", "2", "--interval-starts", "0", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "real train vs val (reference): Fréchet distance" in out
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| ")]
+    assert rows[0][:2] == ["cfg scale", "interval start"] and rows[0][-3:] == ["copies", "copied latents", "seconds"]
+    assert [row[:2] for row in rows[1:]] == [["1", "0"], ["3", "0"], ["1", "0.5"], ["3", "0.5"]]
     for row in rows[1:]:
-        assert all(0 <= float(cell) <= 1 for cell in row[1:3])
+        assert all(0 <= float(row[i]) <= 1 for i in (2, 3, 5, 6, 7)) and float(row[4]) >= 0
+        assert row[8] == "–"  # no reconstructions of evaluate_vae: no check for copied latents
+
+    # With evaluate_vae's reconstructions the sweep also looks for copied latents.
+    rows_of = {split: read_manifest(tiny_manifest, split) for split in ("train", "val")}
+    observation = Observation.from_config(tiny_config(decode={"colormap": "jet", "noise": False}))
+    vae_model = load_vavae(vae, use_vf=None)
+    arrays = {
+        split: observation.observe(
+            reconstruct(vae_model, (item["image"][None] for item in MicroDopplerDataset(tiny_manifest, split, 32, 3)))
+        )
+        for split in rows_of
+    }
+    save_reconstructions(
+        results / "vae" / "reconstructions.pt", arrays, rows_of, config["evaluation"]["classifier"]["size"]
+    )
+    assert script("cfg_sweep").main([*sweep[:-5], "--scales", "2", "--per-user", "2", "--steps", "2"]) == 0
+    row = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1]
+    assert float(row[1]) == config["sample"]["cfg_interval_start"]  # the run's, when not swept
+    assert 0 <= float(row[8]) <= 1
 
 
 def test_validation_scale_validates_what_it_writes(capsys):

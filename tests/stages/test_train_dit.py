@@ -116,6 +116,25 @@ def test_interrupted_training_resumes_at_the_saved_step_with_the_saved_ema(tiny_
         torch.testing.assert_close(seen["ema"][key], value, rtol=0, atol=0)
 
 
+def test_the_last_checkpoint_holds_the_exported_ema_so_a_rerun_exports_the_same_dit(tiny_latents, tmp_path):
+    """A checkpoint saved at a step holds the EMA updated with that step: the run's last checkpoint
+    and its dit.pt agree, and rerunning the finished stage (what Snakemake does when the sampling
+    settings the fidelity probe reads change) re-exports the very same weights."""
+    config = tiny_config(dit={"trainer": {"max_steps": 4}, "checkpoint_every_n_steps": 2})
+    assert train(tiny_latents, tmp_path, config) == 0
+    exported = torch.load(tmp_path / "dit.pt", weights_only=True)["ema"]
+    last = torch.load(tmp_path / "training" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 4
+    saved = {k.removeprefix("ema."): v for k, v in last["state_dict"].items() if k.startswith("ema.")}
+    assert saved.keys() == exported.keys()
+    for key, value in exported.items():
+        torch.testing.assert_close(saved[key], value, rtol=0, atol=0, msg=key)
+    (tmp_path / "dit.pt").unlink()
+    assert train(tiny_latents, tmp_path, config) == 0
+    for key, value in torch.load(tmp_path / "dit.pt", weights_only=True)["ema"].items():
+        torch.testing.assert_close(value, exported[key], rtol=0, atol=0, msg=key)
+
+
 def test_low_data_training_uses_exactly_the_per_user_draw(tiny_latents, tmp_path):
     """train_dit --per-user k trains on the draw the classifiers of the low-data study get."""
     from mdgen.data.dataset import per_user_subset

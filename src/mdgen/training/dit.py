@@ -101,12 +101,19 @@ class DiTTraining(pl.LightningModule):
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        decay = self.dit_config["ema_decay"]
-        ema, model = list(self.ema.parameters()), list(self.model.parameters())
-        torch._foreach_lerp_(ema, model, 1.0 - decay)
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        """The step, then the EMA's update with its weights (as the official loop does after
+        `opt.step()`), here rather than in on_train_batch_end: Lightning runs the callbacks' batch-end
+        hooks first, so a checkpoint saved at this step (and the pictures and fidelity probe drawn at
+        it) would otherwise hold an EMA one update behind, and a run resumed from it, or re-exported
+        from its last checkpoint, would not be the run that wrote it."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        with torch.no_grad():
+            decay = self.dit_config["ema_decay"]
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
         # The EMA needs no syncing: DDP keeps the weights, and so their averages, equal on every rank.
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
         self.log(
             "train/latents_per_s",
             len(batch[0]) / (time.perf_counter() - self._step_start),
